@@ -1,0 +1,1 @@
+"""Identity and policy: OIDC login, roles, short-lived credentials, requests, MFA, locks."""

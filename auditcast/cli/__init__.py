@@ -1,0 +1,73 @@
+"""The `auditcast` command: a lazy root group, so `auditcast kube credentials` (run by
+kubectl on every call) starts without importing Faust, FastAPI or asyncssh.
+
+Each verb lives in its own module and is named here as "module:attribute".
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Any
+
+import click
+
+from auditcast import __version__
+from auditcast.errors import AuditcastError
+
+# verb -> "module:attribute" of a click command or group. Keep sorted by verb.
+COMMANDS: dict[str, str] = {
+    "topics": "auditcast.cli.topics:topics",
+}
+
+
+class LazyGroup(click.Group):
+    def __init__(self, *args: Any, lazy: dict[str, str] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy = lazy or {}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.lazy:
+            module_name, attr = self.lazy[cmd_name].split(":")
+            return getattr(importlib.import_module(module_name), attr)  # type: ignore[no-any-return]
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=LazyGroup, lazy=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="auditcast")
+def cli() -> None:
+    """auditcast: access gateway and audit pipeline for Kubernetes and SSH.
+
+    Start everything on this machine with `auditcast up`; record a local terminal
+    with `auditcast rec`; read it back with `auditcast sessions ls`,
+    `auditcast events search`, `auditcast play` and `auditcast export`.
+
+    Settings come from AUDITCAST_* environment variables and
+    $AUDITCAST_HOME/auditcast.toml (AUDITCAST_HOME defaults to ~/.auditcast).
+    """
+
+
+def fail(err: AuditcastError) -> None:
+    """One line saying what went wrong, one saying what to do; a distinct exit code."""
+    click.secho(f"error: {err.message}", fg="red", err=True)
+    if err.hint:
+        click.echo(f"hint: {err.hint}", err=True)
+    sys.exit(err.exit_code)
+
+
+def main() -> None:
+    try:
+        cli.main(standalone_mode=False)
+    except AuditcastError as err:
+        fail(err)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as err:
+        err.show()
+        sys.exit(err.exit_code)
+    except click.exceptions.Exit as err:
+        sys.exit(err.exit_code)

@@ -1,0 +1,1 @@
+"""Collectors: kube and SSH gateways, local PTY recorder, and the spool they share."""

@@ -1,0 +1,1 @@
+"""Replay API/UI, terminal playback and export, SIEM forwarders."""

@@ -1,0 +1,1 @@
+"""Audit store (SQLite, Elasticsearch) and recording store."""

@@ -1,0 +1,1 @@
+"""Faust stream processors: attribution, lock watch, session assembly, rules."""

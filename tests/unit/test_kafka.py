@@ -1,0 +1,67 @@
+"""Kernel Kafka plumbing against the real embedded broker."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import pytest
+
+from auditcast.broker import EmbeddedBroker, free_port
+from auditcast.errors import BrokerUnavailable, TopicMissing
+from auditcast.events import Event, decode_event
+from auditcast.kafka import (
+    cluster_info,
+    ensure_topics,
+    start_consumer,
+    start_producer,
+    use_idempotence,
+)
+from auditcast.settings import Settings
+from auditcast.topics import EVENTS_RAW, topic
+
+
+async def test_embedded_broker_reports_its_own_cluster_id(broker: EmbeddedBroker) -> None:
+    info = await cluster_info(broker.bootstrap)
+    assert info.cluster_id == broker.cluster_id and info.embedded
+
+
+async def test_idempotence_is_off_on_tansu_and_on_for_real_kafka(broker: EmbeddedBroker) -> None:
+    info = await cluster_info(broker.bootstrap)
+    assert use_idempotence(Settings(), info) is False
+    real = type(info)(bootstrap="k:9092", cluster_id="MkU3OEVBNTcwNTJENDM2Qk")
+    assert use_idempotence(Settings(), real) is True
+    assert use_idempotence(Settings(kafka_idempotence="off"), real) is False
+
+
+async def test_event_produced_is_consumed_with_manual_commit(
+    make_settings: Callable[..., Settings],
+) -> None:
+    s = await asyncio.to_thread(make_settings)
+    producer = await start_producer(s)
+    e = Event(type="session.start", session_id="s1", user="alice")
+    await producer.send_and_wait(topic(s, EVENTS_RAW), e.to_json(), key=e.key)
+    await producer.stop()
+    consumer = await start_consumer(s, [EVENTS_RAW], group_id="g1")
+    try:
+        msg = await asyncio.wait_for(consumer.getone(), 30)
+        assert decode_event(msg.value).id == e.id
+        await consumer.commit()
+    finally:
+        await consumer.stop()
+
+
+async def test_ensure_topics_is_idempotent(make_settings: Callable[..., Settings]) -> None:
+    s = await asyncio.to_thread(make_settings)
+    assert await ensure_topics(s) == []
+
+
+async def test_unreachable_broker_is_a_clear_error() -> None:
+    with pytest.raises(BrokerUnavailable, match="unreachable|did not answer"):
+        await cluster_info(f"127.0.0.1:{free_port()}", timeout=1.5)
+
+
+async def test_missing_topic_is_a_clear_error(broker: EmbeddedBroker, tmp_path) -> None:
+    s = Settings(home=tmp_path, kafka=broker.bootstrap, topic_prefix="never-created.")
+    with pytest.raises(TopicMissing, match="never-created.events.raw"):
+        await start_consumer(s, [EVENTS_RAW], group_id="g")
