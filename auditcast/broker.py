@@ -90,9 +90,13 @@ class EmbeddedBroker:
             "--cluster-id",
             self.cluster_id,
         ]
+        await asyncio.to_thread(self._spawn, cmd)
+        return await self.wait_ready()
+
+    def _spawn(self, cmd: list[str]) -> None:
         if self.log_path:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
-            self._log = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the child
+            self._log = open(self.log_path, "ab")  # kept open for the child's lifetime
         self.proc = subprocess.Popen(
             cmd,
             stdin=subprocess.DEVNULL,
@@ -100,7 +104,6 @@ class EmbeddedBroker:
             stderr=subprocess.STDOUT if self._log else subprocess.DEVNULL,
             start_new_session=True,  # Ctrl-C goes to our supervisor, which stops us in order
         )
-        return await self.wait_ready()
 
     async def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> ClusterInfo:
         deadline = time.monotonic() + timeout

@@ -40,7 +40,9 @@ EVENT_CODES: Final[tuple[EventCode, ...]] = (
     EventCode("audit.unattributed", "AC3100W", "an API request that bypassed the gateway"),
     # pipeline health (AC9xxx)
     EventCode("collector.spool_full", "AC9000E", "a collector's spool reached its size cap"),
-    EventCode("pipeline.dead_letter", "AC9001W", "a malformed record was sent to the dead-letter topic"),
+    EventCode(
+        "pipeline.dead_letter", "AC9001W", "a malformed record was sent to the dead-letter topic"
+    ),
 )
 
 CODE_BY_TYPE: Final[dict[str, str]] = {c.type: c.code for c in EVENT_CODES}

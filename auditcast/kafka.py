@@ -144,7 +144,9 @@ async def start_producer(settings: Settings, bootstrap: str | None = None) -> AI
     """A started producer with acks=all; idempotent unless the broker is the embedded one."""
     bootstrap = bootstrap or resolve_bootstrap(settings)
     info = await cluster_info(bootstrap)
-    producer = AIOKafkaProducer(**producer_config(settings, bootstrap, use_idempotence(settings, info)))
+    producer = AIOKafkaProducer(
+        **producer_config(settings, bootstrap, use_idempotence(settings, info))
+    )
     try:
         await asyncio.wait_for(producer.start(), CONNECT_TIMEOUT_S)
     except (TimeoutError, KafkaError, OSError) as e:

@@ -22,9 +22,7 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]
 
 
 @pytest.fixture
-def make_settings(
-    broker: EmbeddedBroker, tmp_path: Path
-) -> Callable[..., Settings]:
+def make_settings(broker: EmbeddedBroker, tmp_path: Path) -> Callable[..., Settings]:
     """Settings with their own AUDITCAST_HOME and topic prefix on the session broker."""
 
     def make(**overrides: object) -> Settings:

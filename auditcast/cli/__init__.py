@@ -17,6 +17,7 @@ from auditcast.errors import AuditcastError
 
 # verb -> "module:attribute" of a click command or group. Keep sorted by verb.
 COMMANDS: dict[str, str] = {
+    "bench": "auditcast.cli.bench:bench",
     "topics": "auditcast.cli.topics:topics",
 }
 
@@ -32,7 +33,8 @@ class LazyGroup(click.Group):
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name in self.lazy:
             module_name, attr = self.lazy[cmd_name].split(":")
-            return getattr(importlib.import_module(module_name), attr)  # type: ignore[no-any-return]
+            command: click.Command = getattr(importlib.import_module(module_name), attr)
+            return command
         return super().get_command(ctx, cmd_name)
 
 

@@ -40,10 +40,23 @@ def test_ids_are_time_ordered() -> None:
 def test_codes_are_unique_and_cover_the_contract() -> None:
     codes = [c.code for c in EVENT_CODES]
     assert len(codes) == len(set(codes))
-    for t in ("kube.request", "kube.exec", "session.start", "session.end", "ssh.exec",
-              "user.login", "cert.issued", "lock.created", "lock.deleted", "lock.violation",
-              "access_request.created", "access_request.reviewed", "mfa.verified",
-              "auth.failed", "audit.unattributed"):
+    for t in (
+        "kube.request",
+        "kube.exec",
+        "session.start",
+        "session.end",
+        "ssh.exec",
+        "user.login",
+        "cert.issued",
+        "lock.created",
+        "lock.deleted",
+        "lock.violation",
+        "access_request.created",
+        "access_request.reviewed",
+        "mfa.verified",
+        "auth.failed",
+        "audit.unattributed",
+    ):
         assert t in CODE_BY_TYPE
 
 

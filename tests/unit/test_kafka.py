@@ -57,11 +57,11 @@ async def test_ensure_topics_is_idempotent(make_settings: Callable[..., Settings
 
 
 async def test_unreachable_broker_is_a_clear_error() -> None:
-    with pytest.raises(BrokerUnavailable, match="unreachable|did not answer"):
+    with pytest.raises(BrokerUnavailable, match=r"unreachable|did not answer"):
         await cluster_info(f"127.0.0.1:{free_port()}", timeout=1.5)
 
 
 async def test_missing_topic_is_a_clear_error(broker: EmbeddedBroker, tmp_path) -> None:
     s = Settings(home=tmp_path, kafka=broker.bootstrap, topic_prefix="never-created.")
-    with pytest.raises(TopicMissing, match="never-created.events.raw"):
+    with pytest.raises(TopicMissing, match=r"never-created\.events\.raw"):
         await start_consumer(s, [EVENTS_RAW], group_id="g")
