@@ -60,6 +60,13 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
 
+    # Locks (access/locks.py): a gateway's lock view older than this is stale; in strict
+    # mode a stale view refuses every check. Teleport's default cache staleness is 5 min.
+    lock_stale_after: float = Field(default=300.0, gt=0)
+    lock_mode: Literal["best_effort", "strict"] = "best_effort"
+    # Access requests: Slack-compatible incoming webhook notified on create and review.
+    request_webhook_url: str | None = None
+
     @classmethod
     def settings_customise_sources(
         cls,
