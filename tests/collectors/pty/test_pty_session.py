@@ -48,19 +48,18 @@ async def record(
     sink = ListSink()
     out_path = tmp / f"stdout-{time.monotonic_ns()}"
     stdin_fd: int | None = None
-    with open(out_path, "wb") as out:
-        if stdin is not None:
-            in_path = tmp / f"stdin-{time.monotonic_ns()}"
-            in_path.write_bytes(stdin)
-            stdin_fd = os.open(in_path, os.O_RDONLY)
-        try:
-            code = await asyncio.wait_for(
-                PtySession(argv, sink, stdin_fd=stdin_fd, stdout_fd=out.fileno(), **options).run(),  # type: ignore[arg-type]
-                30,
-            )
-        finally:
-            if stdin_fd is not None:
-                os.close(stdin_fd)
+    out_fd = os.open(out_path, os.O_WRONLY | os.O_CREAT, 0o600)
+    if stdin is not None:
+        in_path = tmp / f"stdin-{time.monotonic_ns()}"
+        in_path.write_bytes(stdin)
+        stdin_fd = os.open(in_path, os.O_RDONLY)
+    session = PtySession(argv, sink, stdin_fd=stdin_fd, stdout_fd=out_fd, **options)  # type: ignore[arg-type]
+    try:
+        code = await asyncio.wait_for(session.run(), 30)
+    finally:
+        os.close(out_fd)
+        if stdin_fd is not None:
+            os.close(stdin_fd)
     return code, sink, out_path.read_bytes()
 
 
@@ -181,7 +180,10 @@ async def test_recording_failure_hangs_up_the_command(tmp_path: Path) -> None:
     with tempfile.TemporaryFile() as out, pytest.raises(SpoolFull):
         await asyncio.wait_for(
             PtySession(
-                ["bash", "-c", "echo hi; sleep 20"], FullSink(), stdin_fd=None, stdout_fd=out.fileno()
+                ["bash", "-c", "echo hi; sleep 20"],
+                FullSink(),
+                stdin_fd=None,
+                stdout_fd=out.fileno(),
             ).run(),
             15,
         )
