@@ -1,0 +1,181 @@
+"""Who may open which SSH session: pure decisions over plain data, no I/O.
+
+The gateway feeds in what it learned during authentication (the certificate, the
+requested destination, the node from the inventory, the user's merged role grant and
+the lock in force, if any) and gets back either an allowed `Target` or a `Refusal`
+whose message is what the user reads in their terminal.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Final
+
+# Extension that access.ca puts on every user certificate (docs/SEAMS.md).
+CREDENTIAL_EXTENSION: Final = "auditcast-credential@auditcast"
+# Extension carrying the user's roles (comma separated) when access.ca adds it; the
+# gateway otherwise resolves roles through the `identities` record of the credential.
+ROLES_EXTENSION: Final = "auditcast-roles@auditcast"
+# Set by access.ca when the certificate was issued after a per-session MFA check.
+WILDCARD: Final = "*"
+
+
+@dataclass(frozen=True)
+class Destination:
+    """`root@node1` as typed in `ssh root@node1@gateway`: the login and the node."""
+
+    login: str
+    node: str
+
+
+@dataclass(frozen=True)
+class CertInfo:
+    """What the gateway needs from an OpenSSH user certificate."""
+
+    user: str  # key id
+    principals: tuple[str, ...]
+    credential_id: str
+    valid_after: datetime
+    valid_before: datetime
+    roles: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str
+    address: str
+    port: int
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Grant:
+    """The SSH-relevant union of a user's roles (allow lists add up, denies win)."""
+
+    roles: tuple[str, ...] = ()
+    logins: frozenset[str] = frozenset()
+    node_labels: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    node_labels_deny: Sequence[Mapping[str, Sequence[str]]] = ()
+    node_labels_any: Sequence[Mapping[str, Sequence[str]]] = ()
+    require_session_mfa: bool = False
+    allow_file_transfer: bool = False
+    allow_port_forwarding: bool = False
+    allow_agent_forwarding: bool = False
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a session is refused; `message` is shown to the user verbatim."""
+
+    reason: str  # short machine-readable cause, e.g. "node_unknown"
+    message: str
+
+
+@dataclass(frozen=True)
+class Target:
+    """An allowed session: who, as which login, to which node."""
+
+    cert: CertInfo
+    login: str
+    node: Node
+    grant: Grant
+
+
+def parse_destination(username: str) -> Destination | Refusal:
+    """`login@node`: the login is before the first `@`, the node after it."""
+    login, sep, node = username.partition("@")
+    if not sep or not login or not node:
+        return Refusal(
+            "bad_destination",
+            f"auditcast: cannot tell login and node from {username!r}; "
+            "connect as LOGIN@NODE, e.g. `ssh -p 3022 root@node1@gateway`",
+        )
+    return Destination(login=login, node=node)
+
+
+def _value_allowed(value: str, patterns: Iterable[str]) -> bool:
+    return any(p == WILDCARD or fnmatch.fnmatchcase(value, p) for p in patterns)
+
+
+def labels_match(labels: Mapping[str, str], selector: Mapping[str, Sequence[str]]) -> bool:
+    """Every key of the selector is present on the node with an allowed value.
+
+    `{"*": ["*"]}` matches every node, as in Teleport's `node_labels`.
+    """
+    for key, patterns in selector.items():
+        if key == WILDCARD:
+            if not _value_allowed(WILDCARD, patterns):
+                return False
+            continue
+        value = labels.get(key)
+        if value is None or not _value_allowed(value, patterns):
+            return False
+    return True
+
+
+def node_allowed(labels: Mapping[str, str], grant: Grant) -> bool:
+    """Some role's allow selector matches and no role's deny selector does."""
+    selectors = list(grant.node_labels_any) or ([grant.node_labels] if grant.node_labels else [])
+    if not any(labels_match(labels, s) for s in selectors):
+        return False
+    return not any(s and labels_match(labels, s) for s in grant.node_labels_deny)
+
+
+def cert_time_refusal(cert: CertInfo, now: datetime | None = None) -> Refusal | None:
+    now = now or datetime.now(UTC)
+    if now < cert.valid_after:
+        return Refusal("cert_not_yet_valid", "auditcast: your certificate is not valid yet")
+    if now >= cert.valid_before:
+        return Refusal(
+            "cert_expired",
+            f"auditcast: your certificate expired at {cert.valid_before:%Y-%m-%d %H:%M:%S} UTC; "
+            "run `auditcast login` for a fresh one",
+        )
+    return None
+
+
+def authorize(
+    cert: CertInfo,
+    dest: Destination,
+    node: Node | None,
+    grant: Grant,
+) -> Target | Refusal:
+    """The policy decision, locks and MFA aside (they come from live state)."""
+    if not cert.credential_id:
+        return Refusal(
+            "cert_not_auditcast",
+            "auditcast: this certificate carries no auditcast credential; run `auditcast login`",
+        )
+    if dest.login not in cert.principals:
+        return Refusal(
+            "login_not_allowed",
+            f"auditcast: your certificate does not allow login {dest.login!r} "
+            f"(allowed: {', '.join(cert.principals) or 'none'})",
+        )
+    if grant.logins and dest.login not in grant.logins:
+        return Refusal(
+            "login_not_allowed",
+            f"auditcast: your roles do not allow login {dest.login!r} "
+            f"(allowed: {', '.join(sorted(grant.logins))})",
+        )
+    if node is None:
+        return Refusal("node_unknown", f"auditcast: no node named {dest.node!r} in the inventory")
+    if not node_allowed(node.labels, grant):
+        labels = ", ".join(f"{k}={v}" for k, v in sorted(node.labels.items()))
+        return Refusal(
+            "node_denied",
+            f"auditcast: your roles do not allow access to node {node.name!r} ({labels})",
+        )
+    return Target(cert=cert, login=dest.login, node=node, grant=grant)
+
+
+def lock_notice(name: str, message: str) -> str:
+    """The line written to a live terminal when a lock ends its session."""
+    return f"session terminated: lock {name} in force: {message}"
+
+
+def lock_refusal(name: str, message: str) -> Refusal:
+    return Refusal("locked", f"auditcast: access denied: lock {name} in force: {message}")
