@@ -1,0 +1,780 @@
+"""The Kubernetes API gateway: authenticate, check locks and roles, impersonate, forward,
+record.
+
+Clusters are selected by path prefix: kubectl's `server:` is
+`https://GATEWAY:3026/cluster/NAME`, so `/cluster/NAME/api/v1/pods` goes to cluster NAME
+as `/api/v1/pods`. The token must have been issued for that cluster (`aud`), so a token
+for one cluster never opens another.
+
+Per request: verify the bearer token, check the lock view, check the role's cluster
+labels and per-session MFA, drop the client's Authorization and any Impersonate-*
+headers, add `Impersonate-User`/`Impersonate-Group` and `Audit-ID` (the id of the
+`kube.request` event, so the cluster's audit log links back to it), forward and stream
+the answer back as it arrives. exec/attach WebSockets are tapped into a session
+recording. Refusals of our own are Kubernetes `Status` objects naming the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import ssl
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final, Protocol
+
+import aiohttp
+import orjson
+from aiohttp import web
+from auditcast.collectors.kube.channels import (
+    CHANNEL_PROTOCOLS,
+    KNOWN_PROTOCOLS,
+    Channel,
+    ChannelCodec,
+    ChannelEvent,
+    MalformedFrame,
+    negotiate,
+    parse_protocol_header,
+)
+from auditcast.collectors.kube.policy import (
+    KubeClaims,
+    RolePolicy,
+    authorize_cluster,
+    refusal,
+    status_doc,
+    upstream_headers,
+)
+from auditcast.collectors.kube.requestinfo import RequestInfo, is_follow_logs, parse_request_info
+from auditcast.collectors.kube.upstreams import UpstreamCluster
+
+from auditcast.errors import AccessError, InvalidToken, Locked
+from auditcast.events import Event, Source, new_event_id
+
+log = logging.getLogger("auditcast.kube.gateway")
+
+CLUSTER_PREFIX: Final = "/cluster/"
+# kube-apiserver accepts up to 1 MiB of headers (Go's http.DefaultMaxHeaderBytes); a
+# kubectl request carries about 1 KiB plus a ~1 KiB token. 32 KiB leaves room for large
+# JWTs and many Impersonate-* style headers while refusing header floods early.
+MAX_HEADER_BYTES: Final = 32 * 1024
+# The apiserver limits request bodies to 3 MiB (MaxRequestBodyBytes); we match it for
+# the requests we buffer (everything but streams).
+MAX_BODY_BYTES: Final = 3 * 1024 * 1024
+# Back-pressure: at most this much of a streamed answer waits in our buffers.
+STREAM_CHUNK: Final = 64 * 1024
+WS_MAX_MSG: Final = 16 * 1024 * 1024
+
+
+class TokenVerifier(Protocol):
+    def __call__(self, token: str, cluster: str) -> KubeClaims: ...
+
+
+class LockSource(Protocol):
+    """access.locks.LockView, as the gateway uses it."""
+
+    def check(self, subject: Any) -> Any: ...
+
+    def add_listener(self, listener: Callable[[Any], None]) -> Callable[[], None]: ...
+
+
+class EventSink(Protocol):
+    """collectors.spool.Spool, as the gateway uses it."""
+
+    def append_event(self, event: Event) -> None: ...
+
+
+class Recorder(Protocol):
+    """collectors.session.SessionRecorder, as the gateway uses it."""
+
+    session_id: str
+
+    def output(self, data: bytes) -> Any: ...
+
+    def input(self, data: bytes) -> Any: ...
+
+    def resize(self, cols: int, rows: int) -> Any: ...
+
+
+RecorderFactory = Callable[..., Any]
+SubjectFactory = Callable[[KubeClaims], Any]
+
+
+async def _maybe(result: Any) -> Any:
+    return await result if inspect.isawaitable(result) else result
+
+
+@dataclass(eq=False)
+class LiveStream:
+    """A held-open request (watch, logs -f, exec/attach): closed when its target is locked."""
+
+    claims: KubeClaims
+    subject: Any
+    close: Callable[[str], Awaitable[None]]
+    kind: str
+    opened: float = field(default_factory=time.monotonic)
+    closed_by_lock: str = ""
+    closed_at: float = 0.0
+
+
+@dataclass
+class GatewayStats:
+    requests: int = 0
+    refused: int = 0
+    lock_closures: list[float] = field(default_factory=list)  # seconds lock-seen → closed
+
+
+class KubeGateway:
+    def __init__(
+        self,
+        clusters: Mapping[str, UpstreamCluster],
+        verify: TokenVerifier,
+        sink: EventSink,
+        *,
+        locks: LockSource | None = None,
+        subject_of: SubjectFactory | None = None,
+        roles: RolePolicy | None = None,
+        recorder: RecorderFactory | None = None,
+        instance: str = "kube-gateway",
+        max_header_bytes: int = MAX_HEADER_BYTES,
+        max_body_bytes: int = MAX_BODY_BYTES,
+    ) -> None:
+        self.clusters = dict(clusters)
+        self.verify = verify
+        self.sink = sink
+        self.locks = locks
+        self.subject_of = subject_of or (lambda c: c)
+        self.roles = roles
+        self.recorder = recorder
+        self.instance = instance
+        self.max_header_bytes = max_header_bytes
+        self.max_body_bytes = max_body_bytes
+        self.live: set[LiveStream] = set()
+        self.stats = GatewayStats()
+        self._sessions: dict[str, aiohttp.ClientSession] = {}
+        self._ssl: dict[str, ssl.SSLContext] = {}
+        self._remove_listener: Callable[[], None] | None = None
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    # lifecycle -----------------------------------------------------------------------
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=self.max_body_bytes)
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+        return app
+
+    async def start(self, host: str, port: int, ssl_context: ssl.SSLContext) -> None:
+        for c in self.clusters.values():
+            self._ssl[c.name] = c.ssl_context()
+            self._sessions[c.name] = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=self._ssl[c.name], limit=256),
+                auto_decompress=False,
+                timeout=aiohttp.ClientTimeout(total=None, connect=10),
+                skip_auto_headers=("User-Agent", "Accept-Encoding"),
+            )
+        if self.locks is not None:
+            self._remove_listener = self.locks.add_listener(self._on_lock)
+        # aiohttp's own header limits sit above ours so that we, not the parser, answer
+        # an oversized header with a readable 431.
+        self._runner = web.AppRunner(
+            self.app(),
+            handle_signals=False,
+            access_log=None,
+            max_field_size=4 * self.max_header_bytes,
+            max_line_size=4 * self.max_header_bytes,
+        )
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port, ssl_context=ssl_context, backlog=512)
+        await site.start()
+        server = site._server
+        assert server is not None
+        self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    async def stop(self) -> None:
+        if self._remove_listener:
+            self._remove_listener()
+        for s in list(self.live):
+            with contextlib.suppress(Exception):
+                await s.close("the gateway is shutting down")
+        if self._runner:
+            await self._runner.cleanup()
+        for session in self._sessions.values():
+            await session.close()
+
+    # locks ---------------------------------------------------------------------------
+    def _on_lock(self, lock: Any) -> None:
+        """Called by the lock view for every new lock: end the target's live streams."""
+        now = datetime.now(UTC)
+        seen = time.monotonic()
+        for s in list(self.live):
+            if s.closed_by_lock:
+                continue
+            try:
+                hit = lock.matches(s.subject, now)
+            except Exception:
+                log.exception("lock match failed")
+                continue
+            if hit:
+                s.closed_by_lock = lock.name
+                message = f"access locked by {lock.name}" + (
+                    f": {lock.message}" if getattr(lock, "message", "") else ""
+                )
+                task = asyncio.get_running_loop().create_task(s.close(message))
+                task.add_done_callback(lambda _t, s=s: self._closed(s, seen))
+
+    def _closed(self, s: LiveStream, seen: float) -> None:
+        s.closed_at = time.monotonic()
+        self.stats.lock_closures.append(s.closed_at - seen)
+
+    def _check_lock(self, claims: KubeClaims, subject: Any) -> None:
+        if self.locks is None:
+            return
+        lock = self.locks.check(subject)
+        if lock is not None:
+            raise Locked(
+                f"access locked by {lock.name}"
+                + (f": {lock.message}" if getattr(lock, "message", "") else ""),
+                lock_name=lock.name,
+            )
+
+    # the request path ------------------------------------------------------------------
+    def _refuse(self, code: int, doc: dict[str, Any]) -> web.Response:
+        self.stats.refused += 1
+        return web.Response(status=code, body=orjson.dumps(doc), content_type="application/json")
+
+    def _header_bytes(self, request: web.Request) -> int:
+        return len(request.raw_path) + sum(len(k) + len(v) + 4 for k, v in request.raw_headers)
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        t0 = time.monotonic()
+        self.stats.requests += 1
+        size = self._header_bytes(request)
+        if size > self.max_header_bytes:
+            self._auth_failed(request, None, f"request headers of {size} bytes", "")
+            return self._refuse(
+                431,
+                status_doc(
+                    431,
+                    "RequestHeaderFieldsTooLarge",
+                    f"auditcast: request headers of {size} bytes exceed the gateway's "
+                    f"{self.max_header_bytes}-byte limit",
+                ),
+            )
+        path = request.path
+        if not path.startswith(CLUSTER_PREFIX):
+            return self._refuse(
+                404,
+                status_doc(
+                    404,
+                    "NotFound",
+                    f"auditcast: no cluster in path {path!r}; the server URL must be "
+                    f"https://HOST:PORT/cluster/NAME (run `auditcast login` for a kubeconfig)",
+                ),
+            )
+        name, _, rest = path[len(CLUSTER_PREFIX) :].partition("/")
+        cluster = self.clusters.get(name)
+        if cluster is None:
+            return self._refuse(
+                404, status_doc(404, "NotFound", f"auditcast: unknown cluster {name!r}")
+            )
+        upstream_path = "/" + rest
+        auth = request.headers.get("Authorization", "")
+        token = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+        try:
+            if not token:
+                raise InvalidToken("no bearer token: kubectl must use the auditcast exec plugin")
+            claims = self.verify(token, cluster.name)
+            subject = self.subject_of(claims)
+            self._check_lock(claims, subject)
+            authorize_cluster(claims, cluster.labels, self.roles)
+        except AccessError as err:
+            self._auth_failed(request, cluster, err.message, token, err)
+            return self._refuse(err.http_status, refusal(err))
+
+        info = parse_request_info(request.method, upstream_path, request.query)
+        event_id = new_event_id()
+        headers = upstream_headers(request.headers, claims, cluster.auth_headers(), event_id)
+        base = self._event(request, cluster, claims, info, event_id, upstream_path)
+        if request.headers.get("Upgrade", "").lower() == "websocket":
+            return await self._websocket(request, cluster, claims, subject, info, headers, base, t0)
+        if request.headers.get("Upgrade"):
+            return self._refuse(
+                400,
+                status_doc(
+                    400,
+                    "BadRequest",
+                    f"auditcast: {request.headers['Upgrade']} upgrades are not proxied; "
+                    "use kubectl 1.30 or newer (WebSocket streams)",
+                ),
+            )
+        return await self._forward(
+            request, cluster, claims, subject, info, headers, base, t0, upstream_path
+        )
+
+    def _event(
+        self,
+        request: web.Request,
+        cluster: UpstreamCluster,
+        claims: KubeClaims,
+        info: RequestInfo,
+        event_id: str,
+        upstream_path: str,
+    ) -> dict[str, Any]:
+        return {
+            "id": event_id,
+            "type": "kube.request",
+            "user": claims.user,
+            "credential_id": claims.credential_id,
+            "cluster": cluster.name,
+            "labels": dict(cluster.labels),
+            "source": Source(
+                collector="kube-gateway",
+                instance=self.instance,
+                remote_addr=request.remote,
+                user_agent=request.headers.get("User-Agent"),
+            ),
+            "method": request.method,
+            "request_path": upstream_path,
+            "request_query": request.query_string,
+            "verb": info.verb,
+            "api_group": info.api_group,
+            "api_version": info.api_version,
+            "resource": info.resource,
+            "subresource": info.subresource,
+            "namespace": info.namespace,
+            "name": info.name,
+            "kube_users": list(claims.kube_users),
+            "kube_groups": list(claims.kube_groups),
+            "roles": list(claims.roles),
+        }
+
+    def _emit(self, fields: dict[str, Any]) -> None:
+        try:
+            self.sink.append_event(Event(**{k: v for k, v in fields.items() if v != ""}))
+        except Exception:
+            # A full spool must not turn into a silent pass: log it loudly; the spool
+            # itself emits collector.spool_full.
+            log.exception("could not record kube.request", extra={"event_id": fields.get("id")})
+
+    def _auth_failed(
+        self,
+        request: web.Request,
+        cluster: UpstreamCluster | None,
+        reason: str,
+        token: str,
+        err: Exception | None = None,
+    ) -> None:
+        fields: dict[str, Any] = {
+            "type": "auth.failed",
+            "cluster": cluster.name if cluster else None,
+            "labels": dict(cluster.labels) if cluster else {},
+            "source": Source(
+                collector="kube-gateway",
+                instance=self.instance,
+                remote_addr=request.remote,
+                user_agent=request.headers.get("User-Agent"),
+            ),
+            "reason": reason,
+            "error": type(err).__name__ if err else "RequestHeaderFieldsTooLarge",
+            "request_path": request.path,
+            "method": request.method,
+        }
+        lock_name = getattr(err, "lock_name", "")
+        if lock_name:
+            fields["lock"] = lock_name
+        if err is not None and not isinstance(err, InvalidToken) and token:
+            # the token was valid: name the actor so the refusal is attributed
+            with contextlib.suppress(Exception):
+                claims = self.verify(token, cluster.name if cluster else "")
+                fields["user"] = claims.user
+                fields["credential_id"] = claims.credential_id
+        self._emit(fields)
+
+    async def _forward(
+        self,
+        request: web.Request,
+        cluster: UpstreamCluster,
+        claims: KubeClaims,
+        subject: Any,
+        info: RequestInfo,
+        headers: Any,
+        base: dict[str, Any],
+        t0: float,
+        upstream_path: str,
+    ) -> web.StreamResponse:
+        streaming = info.verb == "watch" or is_follow_logs(info, request.query)
+        body: bytes | None = None
+        if request.body_exists:
+            try:
+                body = await request.read()
+            except web.HTTPRequestEntityTooLarge:
+                return self._refuse(
+                    413,
+                    status_doc(
+                        413,
+                        "RequestEntityTooLarge",
+                        f"auditcast: request body exceeds the {self.max_body_bytes}-byte limit",
+                    ),
+                )
+        url = cluster.url + upstream_path
+        if request.query_string:
+            url += "?" + request.query_string
+        session = self._sessions[cluster.name]
+        resp: web.StreamResponse | None = None
+        sent = 0
+        code = 502
+        live: LiveStream | None = None
+        try:
+            async with session.request(
+                request.method, url, headers=headers, data=body, allow_redirects=False
+            ) as up:
+                code = up.status
+                out_headers = {
+                    k: v
+                    for k, v in up.headers.items()
+                    if k.lower() not in ("transfer-encoding", "connection", "keep-alive")
+                }
+                if not streaming:
+                    payload = await up.read()
+                    out_headers.pop("Content-Length", None)
+                    self._emit(
+                        {
+                            **base,
+                            "response_code": code,
+                            "latency_ms": round((time.monotonic() - t0) * 1000, 3),
+                            "bytes_in": len(body or b""),
+                            "bytes_out": len(payload),
+                        }
+                    )
+                    return web.Response(status=code, body=payload, headers=out_headers)
+                out_headers.pop("Content-Length", None)
+                resp = web.StreamResponse(status=code, headers=out_headers)
+                await resp.prepare(request)
+                self._emit({**base, "response_code": code, "phase": "start", "long_running": True})
+                stream_task = asyncio.current_task()
+
+                async def close(reason: str) -> None:
+                    if stream_task is not None:
+                        stream_task.cancel(reason)
+
+                live = LiveStream(claims, subject, close, "watch")
+                self.live.add(live)
+                async for chunk in up.content.iter_any():
+                    await resp.write(chunk)
+                    sent += len(chunk)
+        except asyncio.CancelledError:
+            if live is None or not live.closed_by_lock:
+                raise
+            # closed by a lock: finish the response so the client sees the stream end
+        except (aiohttp.ClientError, ConnectionError) as e:
+            if resp is None:
+                self._emit({**base, "response_code": 502, "error": str(e)})
+                return self._refuse(
+                    502,
+                    status_doc(
+                        502, "BadGateway", f"auditcast: cluster {cluster.name} unreachable: {e}"
+                    ),
+                )
+        finally:
+            if live is not None:
+                self.live.discard(live)
+                end = {
+                    **base,
+                    "id": new_event_id(),
+                    "request_id": base["id"],
+                    "phase": "end",
+                    "long_running": True,
+                    "response_code": code,
+                    "latency_ms": round((time.monotonic() - t0) * 1000, 3),
+                    "bytes_out": sent,
+                }
+                if live.closed_by_lock:
+                    end["closed_by_lock"] = live.closed_by_lock
+                self._emit(end)
+        assert resp is not None
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await resp.write_eof()
+        return resp
+
+    # WebSocket streams (exec, attach, port-forward) ---------------------------------------
+    async def _websocket(
+        self,
+        request: web.Request,
+        cluster: UpstreamCluster,
+        claims: KubeClaims,
+        subject: Any,
+        info: RequestInfo,
+        headers: Any,
+        base: dict[str, Any],
+        t0: float,
+    ) -> web.StreamResponse:
+        offered = parse_protocol_header(request.headers.get("Sec-WebSocket-Protocol"))
+        protocol = negotiate(offered)
+        if protocol is None:
+            self._emit({**base, "response_code": 400, "error": "unsupported subprotocol"})
+            return self._refuse(
+                400,
+                status_doc(
+                    400,
+                    "BadRequest",
+                    "auditcast: unsupported WebSocket subprotocol(s) "
+                    f"{', '.join(offered) or '(none)'}; the gateway speaks "
+                    f"{', '.join(sorted(KNOWN_PROTOCOLS))}",
+                ),
+            )
+        known = [p for p in offered if p in KNOWN_PROTOCOLS]
+        url = cluster.url + info.path + ("?" + request.query_string if request.query_string else "")
+        session = self._sessions[cluster.name]
+        try:
+            up = await session.ws_connect(
+                url,
+                protocols=known,
+                headers=headers,
+                autoping=True,
+                max_msg_size=WS_MAX_MSG,
+                compress=0,
+            )
+        except aiohttp.WSServerHandshakeError as e:
+            self._emit(
+                {
+                    **base,
+                    "response_code": e.status,
+                    "latency_ms": round((time.monotonic() - t0) * 1000, 3),
+                }
+            )
+            return self._refuse(
+                e.status,
+                status_doc(
+                    e.status,
+                    REASON_BY_CODE.get(e.status, "Failure"),
+                    f"upstream refused the {info.subresource or 'stream'} request: {e.message}",
+                ),
+            )
+        except (aiohttp.ClientError, ConnectionError) as e:
+            return self._refuse(
+                502,
+                status_doc(502, "BadGateway", f"auditcast: cluster {cluster.name}: {e}"),
+            )
+        chosen = up.protocol or protocol
+        ws = web.WebSocketResponse(
+            protocols=(chosen,), autoping=True, max_msg_size=WS_MAX_MSG, compress=False
+        )
+        await ws.prepare(request)
+        self._emit({**base, "response_code": 101, "phase": "start", "long_running": True})
+        recorder = None
+        codec: ChannelCodec | None = None
+        if chosen in CHANNEL_PROTOCOLS:
+            codec = ChannelCodec(chosen)
+            if self.recorder is not None and info.subresource in ("exec", "attach"):
+                recorder = await self._start_recording(request, cluster, claims, info, base)
+        pump_task = asyncio.current_task()
+        stop_reason: list[str] = []
+
+        async def close(reason: str) -> None:
+            stop_reason.append(reason)
+            if codec is not None and not ws.closed:
+                with contextlib.suppress(Exception):
+                    await _send(ws, codec, ChannelEvent(Channel.ERROR, _locked_status(reason)))
+            with contextlib.suppress(Exception):
+                await ws.close(code=1008, message=reason.encode()[:120])
+            with contextlib.suppress(Exception):
+                await up.close()
+            if pump_task is not None:
+                pump_task.cancel()
+
+        live = LiveStream(claims, subject, close, info.subresource or "websocket")
+        self.live.add(live)
+        tap = _Tap(codec, recorder)
+        try:
+            await _relay(ws, up, tap)
+        except asyncio.CancelledError:
+            if not stop_reason:
+                raise
+        finally:
+            self.live.discard(live)
+            with contextlib.suppress(Exception):
+                await up.close()
+            with contextlib.suppress(Exception):
+                await ws.close()
+            fields: dict[str, Any] = {
+                **base,
+                "id": new_event_id(),
+                "request_id": base["id"],
+                "phase": "end",
+                "long_running": True,
+                "response_code": 101,
+                "latency_ms": round((time.monotonic() - t0) * 1000, 3),
+                "bytes_in": tap.bytes_in,
+                "bytes_out": tap.bytes_out,
+            }
+            if tap.exit_code is not None:
+                fields["exit_code"] = tap.exit_code
+            if tap.error:
+                fields["error"] = tap.error
+            if live.closed_by_lock:
+                fields["closed_by_lock"] = live.closed_by_lock
+            if recorder is not None:
+                fields["session_id"] = recorder.session_id
+                end_fields = {"closed_by_lock": live.closed_by_lock} if live.closed_by_lock else {}
+                if tap.error:
+                    end_fields["error"] = tap.error
+                with contextlib.suppress(Exception):
+                    await _maybe(recorder.end(tap.exit_code, **end_fields))
+            self._emit(fields)
+        return ws
+
+    async def _start_recording(
+        self,
+        request: web.Request,
+        cluster: UpstreamCluster,
+        claims: KubeClaims,
+        info: RequestInfo,
+        base: dict[str, Any],
+    ) -> Any:
+        assert self.recorder is not None
+        q = request.query
+        recorder = self.recorder(
+            kind="kube.exec" if info.subresource == "exec" else "kube.attach",
+            user=claims.user,
+            credential_id=claims.credential_id,
+            cluster=cluster.name,
+            labels=dict(cluster.labels),
+            namespace=info.namespace,
+            pod=info.name,
+            container=q.get("container", ""),
+            command=q.getall("command", []),
+            tty=q.get("tty") in ("1", "true"),
+            kube_request_id=base["id"],
+            source=base["source"],
+        )
+        await _maybe(recorder.start())
+        return recorder
+
+
+REASON_BY_CODE: Final = {
+    400: "BadRequest",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "NotFound",
+    500: "InternalError",
+}
+
+
+def _locked_status(reason: str) -> bytes:
+    return orjson.dumps(status_doc(403, "Forbidden", f"auditcast: {reason}"))
+
+
+async def _send(ws: Any, codec: ChannelCodec, event: ChannelEvent) -> None:
+    msg = codec.encode(event)
+    if isinstance(msg, str):
+        await ws.send_str(msg)
+    else:
+        await ws.send_bytes(msg)
+
+
+class _Tap:
+    """Decodes both directions of a channel stream into the session recording."""
+
+    def __init__(self, codec: ChannelCodec | None, recorder: Any) -> None:
+        self.codec = codec
+        self.recorder = recorder
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.exit_code: int | None = None
+        self.error = ""
+
+    def from_client(self, data: bytes | str) -> None:
+        """Raises MalformedFrame: a broken client frame ends the stream."""
+        self.bytes_in += len(data)
+        if self.codec is None:
+            return
+        ev = self.codec.decode(data)
+        if self.recorder is None:
+            return
+        if ev.channel is Channel.STDIN and ev.data:
+            self.recorder.input(ev.data)
+        elif ev.channel is Channel.RESIZE:
+            self.recorder.resize(ev.width, ev.height)
+
+    def from_upstream(self, data: bytes | str) -> None:
+        self.bytes_out += len(data)
+        if self.codec is None:
+            return
+        try:
+            ev = self.codec.decode(data)
+        except MalformedFrame as e:
+            self.error = f"malformed frame from upstream: {e.message}"
+            return
+        if ev.channel in (Channel.STDOUT, Channel.STDERR):
+            if self.recorder is not None and ev.data:
+                self.recorder.output(ev.data)
+        elif ev.channel is Channel.ERROR:
+            try:
+                self.exit_code = ev.exit_code
+            except MalformedFrame as e:
+                self.error = e.message
+            if self.exit_code is None:
+                self.error = ev.data.decode("utf-8", "replace")[:500]
+
+
+async def _relay(
+    client: web.WebSocketResponse, up: aiohttp.ClientWebSocketResponse, tap: _Tap
+) -> None:
+    async def client_to_up() -> None:
+        async for msg in client:
+            if msg.type is aiohttp.WSMsgType.BINARY:
+                data: bytes | str = msg.data
+            elif msg.type is aiohttp.WSMsgType.TEXT:
+                data = msg.data
+            else:
+                break
+            try:
+                tap.from_client(data)
+            except MalformedFrame as e:
+                tap.error = f"malformed frame from client: {e.message}"
+                if tap.codec is not None:
+                    with contextlib.suppress(Exception):
+                        doc = status_doc(400, "BadRequest", f"auditcast: {tap.error}")
+                        await _send(
+                            client, tap.codec, ChannelEvent(Channel.ERROR, orjson.dumps(doc))
+                        )
+                await client.close(code=1007, message=tap.error.encode()[:120])
+                return
+            if isinstance(data, str):
+                await up.send_str(data)
+            else:
+                await up.send_bytes(data)
+
+    async def up_to_client() -> None:
+        async for msg in up:
+            if msg.type is aiohttp.WSMsgType.BINARY:
+                data: bytes | str = msg.data
+            elif msg.type is aiohttp.WSMsgType.TEXT:
+                data = msg.data
+            else:
+                break
+            tap.from_upstream(data)
+            if isinstance(data, str):
+                await client.send_str(data)
+            else:
+                await client.send_bytes(data)
+
+    a = asyncio.create_task(client_to_up())
+    b = asyncio.create_task(up_to_client())
+    try:
+        done, _ = await asyncio.wait({a, b}, return_when=asyncio.FIRST_COMPLETED)
+        if b in done:
+            # upstream ended (process exited): let the client see the close
+            await client.close()
+        else:
+            await up.close()
+        await asyncio.wait({a, b}, timeout=2)
+    finally:
+        for t in (a, b):
+            t.cancel()
+        for t in (a, b):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
