@@ -40,6 +40,10 @@ log = logging.getLogger(__name__)
 # One read moves at most this much. The tty layer hands out at most a few KiB per read,
 # so this only bounds stdin pastes and pipes; it costs nothing when less is ready.
 READ_SIZE: Final = 256 * 1024
+# A read at least this big means a burst is under way (see _on_master_readable); one
+# callback gathers up to BURST_BYTES before writing, about the 32 KiB frame size.
+BURST_READ: Final = 1024
+BURST_BYTES: Final = 64 * 1024
 # Child gone but the slave still open (a background job holds it): stop after this long
 # without output rather than wait forever, as `script` would.
 ORPHAN_IDLE_S: Final = 0.5
@@ -224,23 +228,39 @@ class PtySession:
     # -- the child's output ----------------------------------------------------------
 
     def _on_master_readable(self) -> None:
-        try:
-            data = os.read(self._master, READ_SIZE)
-        except BlockingIOError:
-            return
-        except OSError as e:
-            if e.errno != errno.EIO:
-                raise
-            data = b""  # Linux: EIO once the last slave holder closed and all is read
-        if not data:
+        chunks: list[bytes] = []
+        size = 0
+        closed = False
+        # The tty layer hands out output a few KiB at a time. In a burst, keep reading
+        # while reads come back big, so one write and one frame carry many of them; a
+        # keystroke echo (a short read) goes out at once, with no extra syscall.
+        while size < BURST_BYTES:
+            try:
+                data = os.read(self._master, READ_SIZE)
+            except BlockingIOError:
+                break
+            except OSError as e:
+                if e.errno != errno.EIO:
+                    raise
+                closed = True  # Linux: EIO once the last slave holder closed, all read
+                break
+            if not data:
+                closed = True
+                break
+            chunks.append(data)
+            size += len(data)
+            if len(data) < BURST_READ:
+                break
+        if chunks:
+            data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            self.bytes_out += size
+            if self._stdout_ok:
+                self._write_stdout(data)
+            self.sink.output(data)
+            if self._idle_timer is not None:
+                self._arm_idle_timer()
+        if closed:
             self._finish_master()
-            return
-        self.bytes_out += len(data)
-        if self._stdout_ok:
-            self._write_stdout(data)
-        self.sink.output(data)
-        if self._idle_timer is not None:
-            self._arm_idle_timer()
 
     def _write_stdout(self, data: bytes) -> None:
         """Blocking write to the user's terminal: its speed is the session's speed."""

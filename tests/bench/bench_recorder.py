@@ -1,0 +1,213 @@
+"""Recorder overhead: does the user's terminal feel slower under `auditcast rec`?
+
+Two figures, each against a bare PTY measured in the same run (issue 3 targets):
+- keystroke echo round trip: a raw-mode `cat` echoes every key; we time write-key →
+  read-echo on the user's side of the terminal, 2000 keys, through `auditcast rec`
+  and on a bare PTY. Target: < 0.5 ms added at p99.
+- output throughput: `cat` of a 100 MB text file, first byte to last byte, through
+  `auditcast rec` (stdout a pipe) and on a bare PTY. Target: ratio >= 0.8.
+
+rec records into a real embedded broker started for the run (frames flow to Kafka
+while we measure, as in production). Run: `python -m tests.bench.bench_recorder`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tests.collectors.pty.bare_pty import spawn_on_pty
+from tests.helpers.broker import isolated_settings, settings_env, start_broker
+
+KEYSTROKES = int(os.environ.get("BENCH_KEYSTROKES", "2000"))
+THROUGHPUT_BYTES = int(os.environ.get("BENCH_THROUGHPUT_MB", "100")) * 1_000_000
+RUNS = int(os.environ.get("BENCH_RUNS", "3"))
+READY = b"READY"
+ECHO_PROGRAM = ["bash", "-c", "stty raw -echo; printf READY; exec cat"]
+
+
+def auditcast_bin() -> str:
+    exe = Path(sys.executable).with_name("auditcast")
+    return str(exe) if exe.exists() else shutil.which("auditcast") or "auditcast"
+
+
+def read_exactly(fd: int, n: int, timeout: float = 10.0) -> bytes:
+    buf = b""
+    deadline = time.monotonic() + timeout
+    while len(buf) < n:
+        if not select.select([fd], [], [], max(0.0, deadline - time.monotonic()))[0]:
+            raise TimeoutError(f"waited {timeout}s for {n} bytes, got {buf!r}")
+        buf += os.read(fd, n - len(buf))
+    return buf
+
+
+def wait_for(fd: int, marker: bytes, timeout: float = 30.0) -> None:
+    buf = b""
+    deadline = time.monotonic() + timeout
+    while marker not in buf:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            raise TimeoutError(f"no {marker!r} within {timeout}s; got {buf[-200:]!r}")
+        buf += os.read(fd, 65536)
+
+
+def echo_latencies(argv: Sequence[str], env: dict[str, str], n: int) -> list[float]:
+    """Round trips in ms of n single keys through `argv` on a PTY we hold the master of."""
+    proc, master = spawn_on_pty(argv, env=env)
+    try:
+        wait_for(master, READY)
+        for _ in range(50):  # warm-up: page in the code paths on both sides
+            os.write(master, b"w")
+            read_exactly(master, 1)
+        samples = []
+        for i in range(n):
+            key = bytes([97 + i % 26])
+            t0 = time.perf_counter_ns()
+            os.write(master, key)
+            got = read_exactly(master, 1)
+            samples.append((time.perf_counter_ns() - t0) / 1e6)
+            if got != key:
+                raise AssertionError(f"echo {got!r} for key {key!r}")
+        return samples
+    finally:
+        os.write(master, b"\x04")  # raw cat ignores it; hang-up below ends it
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+
+
+def pct(samples: list[float], p: float) -> float:
+    s = sorted(samples)
+    return s[min(len(s) - 1, int(p / 100 * len(s)))]
+
+
+def make_text_file(path: Path, size: int) -> None:
+    line = b"".join(bytes([33 + (i * 7) % 94]) for i in range(99)) + b"\n"
+    block = line * ((1 << 20) // len(line) + 1)
+    with open(path, "wb") as f:
+        written = 0
+        while written < size:
+            chunk = block[: size - written]
+            f.write(chunk)
+            written += len(chunk)
+
+
+def drain_timed(fd: int) -> tuple[int, float]:
+    """Read fd to EOF/EIO; (bytes, seconds from first byte to last)."""
+    total = 0
+    first = last = 0.0
+    while True:
+        try:
+            data = os.read(fd, 1 << 20)
+        except OSError:
+            break
+        if not data:
+            break
+        now = time.perf_counter()
+        if not total:
+            first = now
+        last = now
+        total += len(data)
+    return total, last - first
+
+
+def throughput_bare(path: Path) -> tuple[int, float]:
+    proc, master = spawn_on_pty(["cat", str(path)])
+    try:
+        n, secs = drain_timed(master)
+    finally:
+        os.close(master)
+        proc.wait()
+    return n, secs
+
+
+def throughput_rec(path: Path, env: dict[str, str]) -> tuple[int, float, float]:
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        [auditcast_bin(), "rec", "--", "cat", str(path)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    assert proc.stdout is not None
+    n, secs = drain_timed(proc.stdout.fileno())
+    code = proc.wait()
+    if code != 0:
+        raise RuntimeError(f"auditcast rec exited {code}")
+    return n, secs, time.perf_counter() - t0
+
+
+def main() -> None:
+    broker = start_broker()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-recorder-"))
+    try:
+        settings = isolated_settings(tmp / "home", broker.bootstrap)
+        env = {**os.environ, **settings_env(settings)}
+        rec = [auditcast_bin(), "rec", "--", *ECHO_PROGRAM]
+
+        bare_lat: list[float] = []
+        rec_lat: list[float] = []
+        for _ in range(RUNS):  # interleaved so machine noise hits both alike
+            bare_lat += echo_latencies(ECHO_PROGRAM, env, KEYSTROKES // RUNS)
+            rec_lat += echo_latencies(rec, env, KEYSTROKES // RUNS)
+
+        data = tmp / "out.txt"
+        make_text_file(data, THROUGHPUT_BYTES)
+        bare_rates, rec_rates, rec_walls = [], [], []
+        for _ in range(RUNS):
+            n, secs = throughput_bare(data)
+            bare_rates.append(n / secs / 1e6)
+            n_rec, secs_rec, wall = throughput_rec(data, env)
+            if n_rec != n:
+                raise AssertionError(f"rec passed {n_rec} bytes, bare PTY {n}")
+            rec_rates.append(n_rec / secs_rec / 1e6)
+            rec_walls.append(wall)
+
+        result: dict[str, Any] = {
+            "benchmark": "recorder",
+            "keystrokes": len(rec_lat),
+            "echo_ms": {
+                "bare_p50": round(pct(bare_lat, 50), 4),
+                "bare_p99": round(pct(bare_lat, 99), 4),
+                "rec_p50": round(pct(rec_lat, 50), 4),
+                "rec_p99": round(pct(rec_lat, 99), 4),
+                "added_p50": round(pct(rec_lat, 50) - pct(bare_lat, 50), 4),
+                "added_p99": round(pct(rec_lat, 99) - pct(bare_lat, 99), 4),
+                "rec_mean": round(statistics.fmean(rec_lat), 4),
+                "bare_mean": round(statistics.fmean(bare_lat), 4),
+            },
+            "throughput": {
+                "bytes": THROUGHPUT_BYTES,
+                "bare_mb_s": round(statistics.median(bare_rates), 1),
+                "rec_mb_s": round(statistics.median(rec_rates), 1),
+                "ratio": round(statistics.median(rec_rates) / statistics.median(bare_rates), 3),
+                "rec_wall_s_incl_delivery": round(statistics.median(rec_walls), 2),
+            },
+            "targets": {"added_p99_ms": 0.5, "throughput_ratio": 0.8},
+        }
+        result["meets_targets"] = (
+            result["echo_ms"]["added_p99"] < 0.5 and result["throughput"]["ratio"] >= 0.8
+        )
+        print(json.dumps(result))
+    finally:
+        broker.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
