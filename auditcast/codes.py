@@ -38,6 +38,7 @@ EVENT_CODES: Final[tuple[EventCode, ...]] = (
     EventCode("kube.request", "AC3000I", "a Kubernetes API request through the gateway"),
     EventCode("kube.exec", "AC3001I", "a kubectl exec/attach/port-forward stream"),
     EventCode("audit.unattributed", "AC3100W", "an API request that bypassed the gateway"),
+    EventCode("kube.audit", "AC3101I", "an API server audit record received by the webhook"),
     # pipeline health (AC9xxx)
     EventCode("collector.spool_full", "AC9000E", "a collector's spool reached its size cap"),
     EventCode(
