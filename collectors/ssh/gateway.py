@@ -16,15 +16,14 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Final
 
 import asyncssh
 from asyncssh.public_key import decode_ssh_certificate
-
-from auditcast.errors import InvalidCertificate
-from auditcast.events import Event, Source
-from collectors.ssh.certs import CERT_TYPE_USER, is_certificate, parse_certificate
-from collectors.ssh.policy import (
+from auditcast.access.lock_model import Lock, LockSubject
+from auditcast.collectors.ssh.certs import CERT_TYPE_USER, is_certificate, parse_certificate
+from auditcast.collectors.ssh.policy import (
     CREDENTIAL_EXTENSION,
     ROLES_EXTENSION,
     CertInfo,
@@ -37,9 +36,18 @@ from collectors.ssh.policy import (
     lock_refusal,
     parse_destination,
 )
-from collectors.ssh.ports import AuditSink, GrantResolver, LockSource, MfaCheck, NodeDirectory
-from collectors.ssh.scp import scp_direction
-from collectors.ssh.sftp import SftpTap, Transfer
+from auditcast.collectors.ssh.ports import (
+    AuditSink,
+    GrantResolver,
+    LockSource,
+    MfaCheck,
+    NodeDirectory,
+)
+from auditcast.collectors.ssh.scp import scp_direction
+from auditcast.collectors.ssh.sftp import SftpTap, Transfer
+
+from auditcast.errors import InvalidCertificate, Locked
+from auditcast.events import Event, Source
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +114,7 @@ class SSHGateway:
         self.instance = instance
         self.live: set[_ClientConnection] = set()
         self._server: asyncssh.SSHAcceptor | None = None
-        self._lock_task: asyncio.Task[None] | None = None
+        self._unlisten: Callable[[], None] | None = None
 
     @property
     def port(self) -> int:
@@ -131,29 +139,25 @@ class SSHGateway:
             login_timeout=60,
         )
         if self.policy.locks is not None:
-            self._lock_task = asyncio.create_task(self._watch_locks(self.policy.locks))
+            # A listener runs in the view's own task the moment a lock record is read:
+            # no queue hop between the lock and the sessions it ends.
+            self._unlisten = self.policy.locks.add_listener(self._on_lock)
 
     async def close(self) -> None:
-        if self._lock_task is not None:
-            self._lock_task.cancel()
-            try:
-                await self._lock_task
-            except (asyncio.CancelledError, Exception):
-                pass
+        if self._unlisten is not None:
+            self._unlisten()
+            self._unlisten = None
         for conn in list(self.live):
             conn.close()
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
 
-    async def _watch_locks(self, locks: LockSource) -> None:
-        async for lock in locks.subscribe():
-            for conn in list(self.live):
-                target = conn.target
-                if target is None:
-                    continue
-                if locks.matches(lock, **conn.lock_subject()):
-                    conn.terminate_for_lock(lock.name, lock.message)
+    def _on_lock(self, lock: Lock) -> None:
+        now = datetime.now(UTC)
+        for conn in list(self.live):
+            if conn.target is not None and lock.matches(conn.lock_subject(), now):
+                conn.terminate_for_lock(lock.name, lock.message)
 
     def source(self, remote_addr: str | None) -> Source:
         return Source(collector=COLLECTOR, instance=self.instance, remote_addr=remote_addr)
@@ -342,7 +346,7 @@ class _ClientConnection(asyncssh.SSHServer):
             return self._refuse(decision, roles=list(grant.roles), **base)
         locks = self.gw.policy.locks
         if locks is not None:
-            lock = locks.check(**_subject(decision))
+            lock = _check_lock(locks, _subject(decision))
             if lock is not None:
                 return self._refuse(lock_refusal(lock.name, lock.message), lock=lock.name, **base)
         # Signature, validity and principal (= login) checked by asyncssh itself.
@@ -362,7 +366,7 @@ class _ClientConnection(asyncssh.SSHServer):
         return True
 
     # --- sessions -------------------------------------------------------------------
-    def lock_subject(self) -> dict[str, Any]:
+    def lock_subject(self) -> LockSubject:
         assert self.target is not None
         return _subject(self.target)
 
@@ -371,7 +375,7 @@ class _ClientConnection(asyncssh.SSHServer):
             return False
         locks = self.gw.policy.locks
         if locks is not None:
-            lock = locks.check(**self.lock_subject())
+            lock = _check_lock(locks, self.lock_subject())
             if lock is not None:
                 raise asyncssh.ChannelOpenError(
                     asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
@@ -463,14 +467,29 @@ class _ClientConnection(asyncssh.SSHServer):
             self.close()
 
 
-def _subject(t: Target) -> dict[str, Any]:
-    return {
-        "user": t.cert.user,
-        "roles": tuple(t.grant.roles),
-        "login": t.login,
-        "node": t.node.name,
-        "credential": t.cert.credential_id,
-    }
+def _subject(t: Target) -> LockSubject:
+    return LockSubject.of(
+        user=t.cert.user,
+        roles=t.grant.roles,
+        login=t.login,
+        node=t.node.name,
+        credential=t.cert.credential_id,
+    )
+
+
+@dataclass(frozen=True)
+class _StaleView:
+    """Stands for a lock when a strict-mode view is stale: refuse with its reason."""
+
+    name: str
+    message: str
+
+
+def _check_lock(locks: LockSource, subject: LockSubject) -> Lock | _StaleView | None:
+    try:
+        return locks.check(subject)
+    except Locked as e:
+        return _StaleView("strict-mode", e.message)
 
 
 class _RelaySession(asyncssh.SSHServerSession):  # type: ignore[type-arg]

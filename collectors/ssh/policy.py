@@ -12,7 +12,7 @@ import fnmatch
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Final
+from typing import Any, Final
 
 # Extension that access.ca puts on every user certificate (docs/SEAMS.md).
 CREDENTIAL_EXTENSION: Final = "auditcast-credential@auditcast"
@@ -179,3 +179,59 @@ def lock_notice(name: str, message: str) -> str:
 
 def lock_refusal(name: str, message: str) -> Refusal:
     return Refusal("locked", f"auditcast: access denied: lock {name} in force: {message}")
+
+
+def _field(role: Any, name: str, default: Any) -> Any:
+    if isinstance(role, Mapping):
+        return role.get(name, default)
+    return getattr(role, name, default)
+
+
+def _selector(value: Any) -> dict[str, tuple[str, ...]]:
+    """`{"env": "staging"}` or `{"env": ["staging", "dev"]}` -> key -> patterns."""
+    if not value:
+        return {}
+    if not isinstance(value, Mapping):  # a model object with .allow-like dict form
+        value = dict(value)
+    out: dict[str, tuple[str, ...]] = {}
+    for k, v in value.items():
+        out[str(k)] = (str(v),) if isinstance(v, str) else tuple(str(x) for x in v)
+    return out
+
+
+def grant_from_roles(names: Iterable[str], roles: Mapping[str, Any]) -> Grant:
+    """The union of the named roles (dicts as in roles YAML, or role objects).
+
+    Unknown role names add nothing. Allow lists add up across roles; a deny selector
+    of any role wins; the strictest MFA setting and the most permissive transfer and
+    forwarding flags apply, as each role grants them.
+    """
+    known = [n for n in names if n in roles]
+    logins: set[str] = set()
+    allow: list[Mapping[str, Sequence[str]]] = []
+    deny: list[Mapping[str, Sequence[str]]] = []
+    mfa = transfer = ports = agent = False
+    for name in known:
+        role = roles[name]
+        logins.update(str(x) for x in _field(role, "logins", ()) or ())
+        node_labels = _field(role, "node_labels", None)
+        sel = _selector(node_labels)
+        if sel:
+            allow.append(sel)
+        deny_sel = _selector(_field(role, "node_labels_deny", None))
+        if deny_sel:
+            deny.append(deny_sel)
+        mfa = mfa or bool(_field(role, "require_session_mfa", False))
+        transfer = transfer or bool(_field(role, "allow_file_transfer", False))
+        ports = ports or bool(_field(role, "allow_port_forwarding", False))
+        agent = agent or bool(_field(role, "allow_agent_forwarding", False))
+    return Grant(
+        roles=tuple(known),
+        logins=frozenset(logins),
+        node_labels_any=tuple(allow),
+        node_labels_deny=tuple(deny),
+        require_session_mfa=mfa,
+        allow_file_transfer=transfer,
+        allow_port_forwarding=ports,
+        allow_agent_forwarding=agent,
+    )

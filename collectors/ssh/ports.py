@@ -6,11 +6,13 @@ SessionRecorder) to these; the gateway itself only sees the protocols.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import Callable
 from typing import Any, Protocol
 
+from auditcast.access.lock_model import Lock, LockSubject
+from auditcast.collectors.ssh.policy import CertInfo, Grant, Node
+
 from auditcast.events import Event
-from collectors.ssh.policy import CertInfo, Grant, Node
 
 
 class NodeDirectory(Protocol):
@@ -21,34 +23,12 @@ class GrantResolver(Protocol):
     async def grant_for(self, cert: CertInfo) -> Grant: ...
 
 
-class LockLike(Protocol):
-    name: str
-    message: str
-
-
 class LockSource(Protocol):
-    def check(
-        self,
-        *,
-        user: str,
-        roles: tuple[str, ...],
-        login: str,
-        node: str,
-        credential: str,
-    ) -> LockLike | None: ...
+    """access.locks.LockView's shape: answers from memory, calls listeners on new locks."""
 
-    def matches(
-        self,
-        lock: Any,
-        *,
-        user: str,
-        roles: tuple[str, ...],
-        login: str,
-        node: str,
-        credential: str,
-    ) -> bool: ...
+    def check(self, subject: LockSubject) -> Lock | None: ...
 
-    def subscribe(self) -> AsyncIterator[Any]: ...
+    def add_listener(self, listener: Callable[[Lock], None]) -> Callable[[], None]: ...
 
 
 class MfaCheck(Protocol):

@@ -1,0 +1,118 @@
+"""Assemble a running SSH gateway from settings: keys, spool, lock view, MFA, inventory."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import asyncssh
+from auditcast.collectors.ssh.audit import SpoolAudit
+from auditcast.collectors.ssh.gateway import GatewayKeys, GatewayPolicy, SSHGateway
+from auditcast.collectors.ssh.ports import GrantResolver, NodeDirectory
+
+from auditcast.errors import ConfigError, MFAInvalid, MFARequired
+from auditcast.settings import Settings
+
+log = logging.getLogger(__name__)
+
+SPOOL_NAME: Final = "ssh-gateway"
+# The gateway's host certificate is re-signed at every start; a day outlives any run
+# between restarts of a lab setup and still expires soon after the CA is rotated.
+HOST_CERT_TTL: Final = "+1d"
+
+
+def ca_dir(settings: Settings) -> Path:
+    return settings.home_dir / "ca"
+
+
+def load_keys(settings: Settings, host_names: tuple[str, ...] = ()) -> GatewayKeys:
+    """The user and host CAs from `$AUDITCAST_HOME/ca/` (written by access.ca), and a
+    fresh gateway host key certified by the host CA for the names users connect to."""
+    d = ca_dir(settings)
+    try:
+        user_ca = asyncssh.read_private_key(d / "user_ca")
+        host_ca = asyncssh.read_private_key(d / "host_ca")
+    except (OSError, asyncssh.KeyImportError) as e:
+        raise ConfigError(
+            f"cannot read the auditcast CAs in {d}: {e}",
+            hint="run `auditcast up` once (it creates the CAs) or point AUDITCAST_HOME at them",
+        ) from None
+    host_key = asyncssh.generate_private_key("ssh-ed25519")
+    names = host_names or ("localhost", "127.0.0.1", socket.gethostname())
+    host_cert = host_ca.generate_host_certificate(
+        host_key, "auditcast-ssh-gateway", principals=list(names), valid_before=HOST_CERT_TTL
+    )
+    host_ca_line = host_ca.export_public_key().decode().strip()
+    return GatewayKeys(
+        user_ca=user_ca,
+        host_key=host_key,
+        host_cert=host_cert,
+        node_known_hosts=f"@cert-authority * {host_ca_line}\n",
+    )
+
+
+class SessionMFA:
+    """access.mfa's per-session check as the gateway's yes/no question."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    async def verify(self, user: str, code: str) -> bool:
+        from auditcast.access.mfa import verify_session_mfa
+
+        try:
+            await verify_session_mfa(user, code, settings=self.settings)
+        except (MFAInvalid, MFARequired) as e:
+            log.info("session MFA refused for %s: %s", user, e.message, extra={"user": user})
+            return False
+        return True
+
+
+@dataclass
+class GatewayService:
+    settings: Settings
+    gateway: SSHGateway
+    lock_view: Any
+    spool: Any
+
+    @property
+    def port(self) -> int:
+        return self.gateway.port
+
+    async def stop(self) -> None:
+        await self.gateway.close()
+        await self.lock_view.stop()
+        await self.spool.close(10.0)
+
+
+async def start_service(
+    settings: Settings,
+    nodes: NodeDirectory,
+    grants: GrantResolver,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    keys: GatewayKeys | None = None,
+    instance: str = "ssh-gateway",
+) -> GatewayService:
+    from auditcast.access.locks import LockView
+    from auditcast.collectors.spool import Spool
+
+    keys = keys or load_keys(settings)
+    spool = Spool(settings, SPOOL_NAME)
+    await spool.start()
+    view = LockView(settings)
+    try:
+        await view.start()
+        policy = GatewayPolicy(nodes=nodes, grants=grants, locks=view, mfa=SessionMFA(settings))
+        gw = SSHGateway(keys, policy, SpoolAudit(spool), instance=instance)
+        await gw.start(host or settings.bind_host, settings.ssh_port if port is None else port)
+    except BaseException:
+        await view.stop()
+        await spool.close(5.0)
+        raise
+    log.info("ssh gateway listening on %s:%d", host or settings.bind_host, gw.port)
+    return GatewayService(settings, gw, view, spool)

@@ -1,0 +1,206 @@
+"""Fixtures for the SSH gateway: a PKI, real sshd nodes, and a running gateway.
+
+The nodes are real Debian `sshd` processes (tests/ssh/nodes.py), started once per
+session. The gateway runs in-process on its own thread and event loop with the real
+spool, SessionRecorder and LockView on the session's Tansu broker, so tests can drive
+the real OpenSSH client with pexpect (blocking) while the gateway keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import threading
+from collections.abc import Callable, Coroutine, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from auditcast.settings import Settings
+from tests.ssh.nodes import SSH_KEYGEN, SshdNode, sshd_available, start_node
+
+T = TypeVar("T")
+
+NODE_LABELS = {
+    "node1": {"env": "staging", "team": "web"},
+    "node2": {"env": "staging", "team": "db"},
+    "node3": {"env": "production", "team": "web"},
+}
+
+# Role definitions as access's roles YAML has them (logins, node_labels allow/deny, ...).
+ROLES: dict[str, dict[str, Any]] = {
+    "dev": {"logins": ["root"], "node_labels": {"env": ["staging"]}},
+    "ops": {
+        "logins": ["root", "nobody"],
+        "node_labels": {"*": ["*"]},
+        "allow_file_transfer": True,
+        "allow_port_forwarding": True,
+    },
+    "web-only": {
+        "logins": ["root"],
+        "node_labels": {"*": ["*"]},
+        "node_labels_deny": {"team": ["db"]},
+    },
+    "secure": {
+        "logins": ["root"],
+        "node_labels": {"*": ["*"]},
+        "require_session_mfa": True,
+    },
+}
+
+if not sshd_available():  # pragma: no cover - the README installs openssh-server
+    pytest.skip("openssh-server / openssh-client not installed", allow_module_level=True)
+
+
+@dataclass
+class Pki:
+    dir: Path
+    user_ca: Path  # private key; .pub beside it
+    host_ca: Path
+    other_ca: Path  # a CA the gateway does not trust
+
+    @property
+    def known_hosts(self) -> Path:
+        """What `auditcast login` writes: trust the gateway's host certificate."""
+        return self.dir / "known_hosts"
+
+
+def _keygen_ca(path: Path) -> None:
+    subprocess.run([SSH_KEYGEN, "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
+
+
+@pytest.fixture(scope="session")
+def ssh_pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    d = tmp_path_factory.mktemp("ssh-pki")
+    pki = Pki(d, d / "user_ca", d / "host_ca", d / "other_ca")
+    for p in (pki.user_ca, pki.host_ca, pki.other_ca):
+        _keygen_ca(p)
+    host_ca_pub = (d / "host_ca.pub").read_text().strip()
+    pki.known_hosts.write_text(f"@cert-authority * {host_ca_pub}\n")
+    return pki
+
+
+@pytest.fixture(scope="session")
+def ssh_nodes(
+    ssh_pki: Pki, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, SshdNode]]:
+    base = tmp_path_factory.mktemp("sshd-nodes")
+    nodes: dict[str, SshdNode] = {}
+    try:
+        for name, labels in NODE_LABELS.items():
+            nodes[name] = start_node(
+                name, labels, base, ssh_pki.dir / "user_ca.pub", ssh_pki.host_ca
+            )
+        yield nodes
+    finally:
+        for n in nodes.values():
+            n.stop()
+
+
+@dataclass
+class UserCert:
+    key: Path  # private key; `<key>-cert.pub` is the certificate ssh picks up itself
+    user: str
+    credential_id: str
+
+    @property
+    def cert(self) -> Path:
+        return Path(f"{self.key}-cert.pub")
+
+
+@pytest.fixture
+def issue_cert(ssh_pki: Pki, tmp_path: Path) -> Callable[..., UserCert]:
+    """Sign a user certificate the way `auditcast login` does (key id = user,
+    principals = logins, credential and roles in extensions)."""
+    counter = iter(range(10_000))
+
+    def issue(
+        user: str = "alice",
+        *,
+        principals: tuple[str, ...] = ("root",),
+        roles: tuple[str, ...] = ("dev",),
+        validity: str = "-5m:+1h",
+        ca: Path | None = None,
+        credential_id: str | None = None,
+    ) -> UserCert:
+        n = next(counter)
+        key = tmp_path / f"id_{user}_{n}"
+        cred = credential_id or f"cred-{user}-{n}-{os.getpid()}"
+        subprocess.run([SSH_KEYGEN, "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+        subprocess.run(
+            [
+                SSH_KEYGEN, "-q", "-s", str(ca or ssh_pki.user_ca), "-I", user,
+                "-n", ",".join(principals), "-V", validity, "-z", str(n + 1),
+                "-O", f"extension:auditcast-credential@auditcast={cred}",
+                "-O", f"extension:auditcast-roles@auditcast={','.join(roles)}",
+                f"{key}.pub",
+            ],
+            check=True,
+        )  # fmt: skip
+        return UserCert(key=key, user=user, credential_id=cred)
+
+    return issue
+
+
+class LoopThread:
+    """An asyncio loop on a background thread; `call(coro)` runs a coroutine on it."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float = 60) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+@dataclass
+class RunningGateway:
+    settings: Settings
+    port: int
+    gateway: Any
+    lock_view: Any
+    spool: Any
+    runner: LoopThread
+    pki: Pki
+    nodes: dict[str, SshdNode]
+
+    def ssh_argv(self, cert: UserCert, dest: str, *command: str, tty: bool = False) -> list[str]:
+        """The real OpenSSH client, configured like `auditcast ssh` does."""
+        argv = [
+            "ssh", "-F", "/dev/null", "-p", str(self.port), "-i", str(cert.key),
+            "-o", f"CertificateFile={cert.cert}",
+            "-o", f"UserKnownHostsFile={self.pki.known_hosts}",
+            "-o", "StrictHostKeyChecking=yes", "-o", "IdentitiesOnly=yes",
+            "-o", "ConnectTimeout=10",
+        ]  # fmt: skip
+        argv += ["-tt"] if tty else ["-T"]
+        return [*argv, f"{dest}@127.0.0.1", *command]
+
+    def flush(self) -> None:
+        assert self.runner.call(self.spool.flush(10.0)), "spool did not drain to the broker"
+
+
+@pytest.fixture
+def ssh_gateway(
+    make_settings: Callable[..., Settings], ssh_pki: Pki, ssh_nodes: dict[str, SshdNode]
+) -> Iterator[RunningGateway]:
+    from tests.ssh.harness import start_gateway, stop_gateway
+
+    settings = make_settings()
+    runner = LoopThread()
+    try:
+        gw, view, spool = runner.call(start_gateway(settings, ssh_pki, ssh_nodes, ROLES))
+        running = RunningGateway(settings, gw.port, gw, view, spool, runner, ssh_pki, ssh_nodes)
+        yield running
+        runner.call(stop_gateway(gw, view, spool))
+    finally:
+        runner.stop()
