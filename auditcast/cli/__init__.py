@@ -17,7 +17,9 @@ from auditcast.errors import AuditcastError
 
 # verb -> "module:attribute" of a click command or group. Keep sorted by verb.
 COMMANDS: dict[str, str] = {
+    "audit-webhook": "auditcast.collectors.kube.cli:audit_webhook",
     "bench": "auditcast.cli.bench:bench",
+    "kube-gateway": "auditcast.collectors.kube.cli:kube_gateway",
     "topics": "auditcast.cli.topics:topics",
 }
 
