@@ -188,3 +188,43 @@ async def test_recording_failure_hangs_up_the_command(tmp_path: Path) -> None:
             15,
         )
     assert time.monotonic() - t0 < 10
+
+
+async def wait_for_output(sink: ListSink, marker: bytes, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while marker not in sink.output_bytes:
+        assert time.monotonic() < deadline, f"no {marker!r} in {sink.output_bytes!r}"
+        await asyncio.sleep(0.02)
+
+
+async def test_sigterm_to_the_recorder_goes_to_the_command(tmp_path: Path) -> None:
+    sink = ListSink()
+    script = 'trap "echo terminated; exit 9" TERM; echo ready; while :; do sleep 0.05; done'
+    out = os.open(os.devnull, os.O_WRONLY)
+    task = asyncio.create_task(
+        PtySession(["bash", "-c", script], sink, stdin_fd=None, stdout_fd=out).run()
+    )
+    try:
+        await wait_for_output(sink, b"ready")
+        os.kill(os.getpid(), signal.SIGTERM)  # the loop's handler forwards it
+        assert await asyncio.wait_for(task, 10) == 9
+    finally:
+        os.close(out)
+    assert sink.output_bytes.endswith(b"terminated\r\n")
+
+
+async def test_users_terminal_mode_is_restored_after_raw_mode(tmp_path: Path) -> None:
+    import termios
+
+    from auditcast.collectors.pty.terminal import raw_mode
+
+    user_master, user_slave = os.openpty()
+    try:
+        before = termios.tcgetattr(user_slave)
+        with pytest.raises(CommandNotRunnable), raw_mode(user_slave):
+            assert not termios.tcgetattr(user_slave)[3] & termios.ICANON  # raw inside
+            await PtySession(["no-such-command-xyz"], ListSink(), stdin_fd=None).run()
+        assert termios.tcgetattr(user_slave) == before
+    finally:
+        os.close(user_master)
+        os.close(user_slave)
