@@ -1,0 +1,187 @@
+"""`auditcast rec`: record a local terminal session into the audit pipeline.
+
+Like `asciinema rec`, but the recording goes through the collector spool to Kafka as
+`session.start`, frames and `session.end`, so it lands in the same audit log as kube
+and SSH sessions. Works without a broker: the spool keeps the session until
+`auditcast up` (or the next `auditcast rec`) delivers it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import logging
+import os
+import socket
+import sys
+from dataclasses import asdict, dataclass
+from typing import Any, Final
+
+import click
+from auditcast.collectors.pty.command import (
+    CommandConflict,
+    RecCommand,
+    child_env,
+    describe_exit,
+    resolve_command,
+)
+from auditcast.collectors.pty.recorder import PtySession
+from auditcast.collectors.pty.terminal import get_window_size, raw_mode, terminal_fd
+
+from auditcast.cli._util import json_option, print_json
+from auditcast.events import Source
+from auditcast.logs import setup_logging
+from auditcast.settings import Settings, load_settings
+
+log = logging.getLogger("auditcast.rec")
+
+# How long rec waits at the end for the broker to take the session. A broker that is
+# up takes even a 50 MB session in a few seconds; one that is down should not keep the
+# user at an unresponsive prompt: the spool keeps the rest for the drainer.
+DRAIN_TIMEOUT_S: Final = 30.0
+UNREACHABLE_DRAIN_TIMEOUT_S: Final = 2.0
+
+
+@dataclass(frozen=True)
+class RecResult:
+    session_id: str
+    exit_code: int
+    delivered: bool
+    bytes_out: int
+    bytes_in: int
+
+
+def summary_line(result: RecResult) -> str:
+    return f"session {result.session_id} recorded ({describe_exit(result.exit_code)})"
+
+
+def undelivered_notice(result: RecResult) -> str:
+    return (
+        "notice: the broker is unreachable; the session is kept in the spool and is "
+        "delivered when the pipeline is back (`auditcast up`)"
+    )
+
+
+def _stdin_fd() -> int | None:
+    try:
+        os.fstat(0)
+    except OSError:  # started with stdin closed
+        return None
+    return 0
+
+
+def _log_to_file(settings: Settings) -> None:
+    """Logs go to a file: the user's terminal belongs to the recorded command."""
+    stream = open(settings.log_dir / "rec.log", "a", buffering=1)
+    setup_logging(settings.log_level, stream=stream)
+
+
+async def record_session(
+    settings: Settings, cmd: RecCommand, title: str | None, capture_input: bool
+) -> RecResult:
+    from auditcast.collectors.session import SessionRecorder
+    from auditcast.collectors.spool import Spool
+
+    term = terminal_fd(1, 0)
+    size = get_window_size(term)
+    host = socket.gethostname()
+    spool = Spool(settings, "rec")
+    await spool.start()
+    try:
+        term_info: dict[str, Any] = {"cols": size.cols, "rows": size.rows}
+        if os.environ.get("TERM"):
+            term_info["type"] = os.environ["TERM"]
+        recorder = SessionRecorder(
+            spool,
+            kind="pty",
+            user=getpass.getuser(),
+            node=host,
+            source=Source(collector="pty", instance=host),
+            command=cmd.display,
+            title=title,
+            term=term_info,
+        )
+        recorder.start()
+        session_id: str = recorder.session_id
+        stdin_fd = _stdin_fd()
+        session = PtySession(
+            cmd.argv,
+            recorder,
+            env=child_env(os.environ, session_id),
+            stdin_fd=stdin_fd,
+            stdout_fd=1,
+            capture_input=capture_input,
+            size=size,
+            winch_fd=term,
+        )
+        log.info(
+            "recording",
+            extra={"session_id": session_id, "fields": {"command": cmd.display}},
+        )
+        exit_code = 1
+        try:
+            with raw_mode(stdin_fd if stdin_fd is not None and os.isatty(stdin_fd) else None):
+                exit_code = await session.run()
+        finally:
+            # Close the recording even when it failed: the audit log shows how it ended.
+            recorder.end(exit_code)
+        delivered = await spool.flush(DRAIN_TIMEOUT_S)
+    finally:
+        await spool.close(drain_timeout=UNREACHABLE_DRAIN_TIMEOUT_S)
+    log.info(
+        "recorded",
+        extra={
+            "session_id": session_id,
+            "fields": {"exit_code": exit_code, "delivered": delivered},
+        },
+    )
+    return RecResult(session_id, exit_code, delivered, session.bytes_out, session.bytes_in)
+
+
+@click.command(context_settings={"allow_interspersed_args": False})
+@click.option("--title", "-t", help="Title of the recording.")
+@click.option(
+    "--command",
+    "-c",
+    "command",
+    help="Command line to record, run by /bin/sh (default: your $SHELL).",
+)
+@click.option(
+    "--stdin",
+    "capture_stdin",
+    is_flag=True,
+    help="Also record what you type (passwords you type are recorded too).",
+)
+@json_option
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@click.pass_context
+def rec(
+    ctx: click.Context,
+    title: str | None,
+    command: str | None,
+    capture_stdin: bool,
+    as_json: bool,
+    args: tuple[str, ...],
+) -> None:
+    """Record a terminal session: `auditcast rec`, or `auditcast rec -- CMD ARGS...`.
+
+    The command runs on its own PTY; everything it prints (and with --stdin, what you
+    type) is recorded byte for byte with its window resizes and exit code. At the end
+    rec prints the session id and exits with the command's exit code.
+    """
+    try:
+        cmd = resolve_command(command, args, os.environ)
+    except CommandConflict as e:
+        raise click.UsageError(str(e)) from None
+    settings = load_settings()
+    _log_to_file(settings)
+    result = asyncio.run(record_session(settings, cmd, title, capture_stdin))
+    # The terminal is restored by now: it is safe to talk to the user.
+    if as_json:
+        print_json(asdict(result))
+    else:
+        click.echo(summary_line(result), err=True)
+    if not result.delivered:
+        click.echo(undelivered_notice(result), err=True)
+    sys.stdout.flush()
+    ctx.exit(result.exit_code)
