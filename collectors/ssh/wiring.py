@@ -7,6 +7,9 @@ from typing import Any
 
 from auditcast.collectors.ssh.policy import CertInfo, Grant, Node, grant_from_roles
 
+from auditcast.errors import ConfigError
+from auditcast.settings import Settings
+
 
 class StaticNodes:
     """An inventory held in memory (from settings, a file or the access inventory)."""
@@ -29,3 +32,35 @@ class RoleGrants:
 
     async def grant_for(self, cert: CertInfo) -> Grant:
         return grant_from_roles(cert.roles, self.roles)
+
+
+def load_inventory(settings: Settings) -> StaticNodes:
+    """Nodes from the access inventory: name, labels, and `address`/`port` extras."""
+    try:
+        from auditcast.access import inventory
+    except ImportError:
+        raise ConfigError(
+            "the node inventory (access.inventory) is not available in this build"
+        ) from None
+    nodes: list[Node] = []
+    for n in inventory.load_nodes(settings):  # type: ignore[attr-defined]
+        extra = dict(getattr(n, "extra", {}) or {})
+        nodes.append(
+            Node(
+                name=n.name,
+                address=str(extra.get("address", "127.0.0.1")),
+                port=int(extra.get("port", 22)),
+                labels=dict(n.labels),
+            )
+        )
+    return StaticNodes(nodes)
+
+
+def load_grants(settings: Settings) -> RoleGrants:
+    try:
+        from auditcast.access import roles
+    except ImportError:
+        raise ConfigError(
+            "role definitions (access.roles) are not available in this build"
+        ) from None
+    return RoleGrants(roles.load_roles(settings))  # type: ignore[attr-defined]

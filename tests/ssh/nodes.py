@@ -45,6 +45,9 @@ AllowAgentForwarding yes
 X11Forwarding no
 PrintMotd no
 PrintLastLog no
+# The concurrency test opens 100 sessions at once through the gateway.
+MaxStartups 300
+MaxSessions 50
 AcceptEnv LANG LC_* AUDITCAST_TEST_*
 Subsystem sftp {sftp}
 """

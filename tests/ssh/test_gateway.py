@@ -1,0 +1,207 @@
+"""The SSH gateway with the real OpenSSH client, real sshd nodes and the real broker."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import time
+from collections.abc import Callable
+
+import pexpect
+import pytest
+from auditcast.access.lock_model import LockTargets, new_lock
+from auditcast.access.publish import Publisher
+
+from auditcast.events import Event
+from auditcast.topics import LOCKS
+from tests.ssh.conftest import RunningGateway, UserCert
+from tests.ssh.harness import input_of, output_of, read_events, read_frames, session_frames
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def run_ssh(
+    gw: RunningGateway, cert: UserCert, dest: str, *cmd: str
+) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(gw.ssh_argv(cert, dest, *cmd), capture_output=True, timeout=60)
+
+
+def of_type(events: list[Event], type_: str) -> list[Event]:
+    return [e for e in events if e.type == type_]
+
+
+def extra(e: Event, name: str) -> object:
+    return (e.model_extra or {}).get(name)
+
+
+def publish_lock(gw: RunningGateway, **targets: str) -> tuple[str, float]:
+    lock = new_lock(LockTargets(**targets), ttl=None, message="incident 4711", created_by="test")
+
+    async def send() -> None:
+        pub = Publisher(gw.settings)
+        try:
+            await pub.send(LOCKS, lock.name.encode(), lock.to_record())
+        finally:
+            await pub.close()
+
+    t0 = time.monotonic()
+    asyncio.run(send())
+    return lock.name, t0
+
+
+def test_certificate_login_gets_a_shell_and_the_recording_matches_the_screen(
+    ssh_gateway: RunningGateway, issue_cert: Callable[..., UserCert]
+) -> None:
+    cert = issue_cert("alice")
+    argv = ssh_gateway.ssh_argv(cert, "root@node1", tty=True)
+    child = pexpect.spawn(argv[0], [*argv[1:], "-q"], timeout=20, dimensions=(30, 100))
+    seen = bytearray()
+    child.logfile_read = _Sink(seen)
+    child.expect(r"[#$] ")
+    child.sendline("echo hello-$((6*7))")
+    child.expect("hello-42")
+    child.expect(r"[#$] ")
+    child.setwinsize(40, 120)
+    child.sendline("stty size")
+    child.expect("40 120")
+    child.expect(r"[#$] ")
+    child.sendline("exit 7")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 7
+
+    ssh_gateway.flush()
+    events = read_events(ssh_gateway.settings, lambda ev: bool(of_type(ev, "session.end")))
+    start, end = of_type(events, "session.start")[0], of_type(events, "session.end")[0]
+    for e in (start, end):
+        assert e.user == "alice" and e.credential_id == cert.credential_id
+        assert e.node == "node1" and e.labels == {"env": "staging", "team": "web"}
+    assert extra(start, "login") == "root"
+    assert extra(end, "exit_code") == 7
+    sid = start.session_id
+    assert sid and end.session_id == sid
+
+    frames = read_frames(
+        ssh_gateway.settings, lambda fr: any(f.kind == "x" and f.session_id == sid for f in fr)
+    )
+    mine = session_frames(frames, sid)
+    # Everything the user's terminal showed is in the recording, byte for byte.
+    assert output_of(mine) == bytes(seen)
+    assert b"echo hello-$((6*7))\r" in input_of(mine)
+    assert [f.data for f in mine if f.kind == "r"][-1] == b"120x40"
+
+
+class _Sink:
+    def __init__(self, buf: bytearray) -> None:
+        self.buf = buf
+
+    def write(self, data: bytes) -> None:
+        self.buf += data
+
+    def flush(self) -> None:
+        pass
+
+
+def test_exec_command_is_an_ssh_exec_event_with_its_output_recorded(
+    ssh_gateway: RunningGateway, issue_cert: Callable[..., UserCert]
+) -> None:
+    cert = issue_cert("bob")
+    r = run_ssh(ssh_gateway, cert, "root@node2", "echo out-$((2+3)); echo err >&2; exit 5")
+    assert r.returncode == 5, r.stderr
+    assert r.stdout == b"out-5\n" and r.stderr == b"err\n"
+
+    ssh_gateway.flush()
+    events = read_events(ssh_gateway.settings, lambda ev: bool(of_type(ev, "ssh.exec")))
+    (ex,) = of_type(events, "ssh.exec")
+    assert extra(ex, "command") == "echo out-$((2+3)); echo err >&2; exit 5"
+    assert extra(ex, "exit_code") == 5
+    assert ex.user == "bob" and ex.node == "node2" and ex.credential_id == cert.credential_id
+    frames = read_frames(
+        ssh_gateway.settings,
+        lambda fr: any(f.kind == "x" and f.session_id == ex.session_id for f in fr),
+    )
+    recorded = output_of(session_frames(frames, str(ex.session_id)))
+    assert b"out-5\n" in recorded and b"err\n" in recorded
+
+
+@pytest.mark.parametrize(
+    ("case", "dest", "cert_args", "reason", "message"),
+    [
+        ("expired", "root@node1", {"validity": "-2h:-1h"}, "cert_expired", "expired"),
+        ("other CA", "root@node1", {"ca": "other"}, "cert_untrusted_ca", "not signed by"),
+        ("principal", "nobody@node1", {}, "login_not_allowed", "does not allow login 'nobody'"),
+        ("labels", "root@node3", {}, "node_denied", "do not allow access to node 'node3'"),
+        ("unknown node", "root@node9", {}, "node_unknown", "no node named 'node9'"),
+    ],
+)
+def test_refused_connections_say_why_emit_auth_failed_and_never_reach_the_node(
+    ssh_gateway: RunningGateway,
+    issue_cert: Callable[..., UserCert],
+    case: str,
+    dest: str,
+    cert_args: dict[str, object],
+    reason: str,
+    message: str,
+) -> None:
+    if cert_args.get("ca") == "other":
+        cert_args = {"ca": ssh_gateway.pki.other_ca}
+    cert = issue_cert("mallory", **cert_args)
+    before = {n: node.connections() for n, node in ssh_gateway.nodes.items()}
+
+    r = run_ssh(ssh_gateway, cert, dest, "true")
+
+    assert r.returncode == 255
+    assert message in r.stderr.decode(), r.stderr
+    assert b"Permission denied" in r.stderr
+    ssh_gateway.flush()
+    events = read_events(ssh_gateway.settings, lambda ev: bool(of_type(ev, "auth.failed")))
+    (failed,) = of_type(events, "auth.failed")
+    assert extra(failed, "reason") == reason
+    assert failed.source is not None and failed.source.remote_addr == "127.0.0.1"
+    if reason != "cert_untrusted_ca":
+        assert failed.user == "mallory" and failed.credential_id == cert.credential_id
+    assert {n: node.connections() for n, node in ssh_gateway.nodes.items()} == before
+
+
+def test_lock_ends_a_live_session_with_a_notice_and_refuses_the_reconnect(
+    ssh_gateway: RunningGateway, issue_cert: Callable[..., UserCert]
+) -> None:
+    cert = issue_cert("carol")
+    argv = ssh_gateway.ssh_argv(cert, "root@node1", tty=True)
+    child = pexpect.spawn(argv[0], [*argv[1:], "-q"], timeout=20)
+    child.expect(r"[#$] ")
+    name, t0 = publish_lock(ssh_gateway, user="carol")
+    child.expect(f"session terminated: lock {name} in force: incident 4711")
+    elapsed = time.monotonic() - t0
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 255
+    assert elapsed < 2.0, f"lock took {elapsed:.3f}s to end the session"
+
+    r = run_ssh(ssh_gateway, cert, "root@node1", "true")
+    assert r.returncode == 255
+    assert f"lock {name} in force: incident 4711" in r.stderr.decode()
+
+    ssh_gateway.flush()
+    events = read_events(
+        ssh_gateway.settings,
+        lambda ev: bool(of_type(ev, "session.end")) and bool(of_type(ev, "auth.failed")),
+    )
+    (end,) = of_type(events, "session.end")
+    assert extra(end, "terminated_by_lock") == name
+    assert extra(of_type(events, "auth.failed")[0], "reason") == "locked"
+
+
+def test_lock_on_another_user_leaves_the_session_alone(
+    ssh_gateway: RunningGateway, issue_cert: Callable[..., UserCert]
+) -> None:
+    cert = issue_cert("dave")
+    argv = ssh_gateway.ssh_argv(cert, "root@node2", tty=True)
+    child = pexpect.spawn(argv[0], [*argv[1:], "-q"], timeout=20)
+    child.expect(r"[#$] ")
+    publish_lock(ssh_gateway, user="someone-else")
+    time.sleep(0.5)
+    child.sendline("echo still-$((1+1))")
+    child.expect("still-2")
+    child.sendline("exit")
+    child.expect(pexpect.EOF)
