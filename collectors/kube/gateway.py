@@ -183,6 +183,8 @@ class KubeGateway:
             self.app(),
             handle_signals=False,
             access_log=None,
+            # a client that hangs up ends its watch / logs -f at once (and its end event)
+            handler_cancellation=True,
             max_field_size=4 * self.max_header_bytes,
             max_line_size=4 * self.max_header_bytes,
         )

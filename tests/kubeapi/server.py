@@ -338,7 +338,6 @@ class FakeApiServer:
         user: str,
         groups: list[str],
     ) -> web.StreamResponse:
-        request["user"] = user
         if info.is_resource_request:
             verb = info.verb
             # Since 1.31 a WebSocket exec/attach (a GET) also needs `create` (KEP-3396).

@@ -1,0 +1,216 @@
+"""Fixtures for the kube gateway: the test-double API server, the gateway on its own
+event loop, kubeconfigs for real kubectl, tokens."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import ssl
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from auditcast.collectors.kube.gateway import KubeGateway
+from auditcast.collectors.kube.policy import KubeClaims
+from auditcast.collectors.kube.upstreams import UpstreamCluster
+from auditcast.errors import InvalidToken
+from auditcast.events import Event
+from tests.kubeapi import GATEWAY_TOKEN, FakeApiServer, ThreadedApiServer, demo_spec
+from tests.kubeapi.pki import TestCA
+
+ISSUER = "https://auditcast.test"
+
+
+@dataclass
+class TokenMint:
+    """Short-lived kube tokens with the claims of DESIGN §5 (EdDSA JWT)."""
+
+    key: Ed25519PrivateKey = field(default_factory=Ed25519PrivateKey.generate)
+
+    def mint(
+        self,
+        user: str = "alice",
+        cluster: str = "dev-cluster",
+        *,
+        ttl: float = 300,
+        kube_groups: tuple[str, ...] = ("devs",),
+        roles: tuple[str, ...] = ("dev",),
+        mfa: bool = False,
+        key: Ed25519PrivateKey | None = None,
+    ) -> str:
+        now = int(time.time())
+        claims = {
+            "iss": ISSUER,
+            "sub": user,
+            "aud": cluster,
+            "jti": str(uuid.uuid4()),
+            "iat": now,
+            "nbf": now - 5,
+            "exp": now + int(ttl),
+            "roles": list(roles),
+            "groups": ["engineering"],
+            "kube_users": [],
+            "kube_groups": list(kube_groups),
+            "mfa": mfa,
+        }
+        return jwt.encode(claims, key or self.key, algorithm="EdDSA")
+
+    def verify(self, token: str, cluster: str) -> KubeClaims:
+        try:
+            claims = jwt.decode(
+                token,
+                self.key.public_key(),
+                algorithms=["EdDSA"],
+                audience=cluster,
+                issuer=ISSUER,
+                options={"require": ["exp", "aud", "jti", "sub"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise InvalidToken("token expired") from None
+        except jwt.InvalidAudienceError:
+            raise InvalidToken(f"token was not issued for cluster {cluster}") from None
+        except jwt.PyJWTError as e:
+            raise InvalidToken(f"invalid token: {e}") from None
+        return KubeClaims.from_mapping(claims, cluster)
+
+
+class CollectingSink:
+    """Where the in-process gateway's events go in these tests (the spool's interface)."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    def append_event(self, event: Event) -> None:
+        self.events.append(event)
+
+    def of_type(self, t: str) -> list[Event]:
+        return [e for e in self.events if e.type == t]
+
+
+class ThreadedGateway:
+    """The gateway on its own event loop, so tests can drive real kubectl synchronously."""
+
+    def __init__(self, gateway: KubeGateway, tls: ssl.SSLContext) -> None:
+        self.gateway = gateway
+        self.tls = tls
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True, name="kube-gw")
+
+    def call(self, coro: Any, timeout: float = 10) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def __enter__(self) -> ThreadedGateway:
+        self._thread.start()
+        self.call(self.gateway.start("127.0.0.1", 0, self.tls))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.call(self.gateway.stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5)
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.gateway.port}"
+
+
+@dataclass
+class KubeEnv:
+    upstream: FakeApiServer
+    gateway: ThreadedGateway
+    sink: CollectingSink
+    mint: TokenMint
+    ca_path: Path
+    home: Path
+
+    def kubeconfig(self, token: str, cluster: str = "dev-cluster") -> dict[str, str]:
+        """Environment for kubectl with a kubeconfig pointing at the gateway."""
+        path = self.home / f"kubeconfig-{uuid.uuid4().hex[:8]}"
+        path.write_text(
+            f"""apiVersion: v1
+kind: Config
+clusters:
+- name: {cluster}
+  cluster:
+    server: {self.gateway.url}/cluster/{cluster}
+    certificate-authority: {self.ca_path}
+users:
+- name: me
+  user:
+    token: {token}
+contexts:
+- name: {cluster}
+  context: {{cluster: {cluster}, user: me}}
+current-context: {cluster}
+"""
+        )
+        return {**os.environ, "KUBECONFIG": str(path), "HOME": str(self.home)}
+
+    def upstream_requests(self) -> int:
+        return len(self.upstream.seen)
+
+
+@pytest.fixture
+def kube_env(tmp_path: Path) -> Iterator[KubeEnv]:
+    home = tmp_path / "home"
+    home.mkdir()
+    with ThreadedApiServer(demo_spec(tmp_path / "upstream")) as upstream:
+        ca = TestCA.create("auditcast-test-host-ca")
+        ca_path, crt, key = ca.write(tmp_path / "gw-pki", "kube-gateway")
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(crt, key)
+        clusters = {
+            "dev-cluster": UpstreamCluster(
+                "dev-cluster",
+                upstream.url,
+                ca=upstream.ca_path,
+                token=GATEWAY_TOKEN,
+                labels={"env": "dev"},
+            ),
+            "prod-cluster": UpstreamCluster(
+                "prod-cluster",
+                upstream.url,
+                ca=upstream.ca_path,
+                token=GATEWAY_TOKEN,
+                labels={"env": "prod"},
+            ),
+        }
+        mint = TokenMint()
+        sink = CollectingSink()
+        gw = KubeGateway(clusters, mint.verify, sink)
+        with ThreadedGateway(gw, tls) as threaded:
+            yield KubeEnv(upstream, threaded, sink, mint, ca_path, home)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()
+
+
+def expired_claims_token(mint: TokenMint) -> str:
+    now = datetime.now(UTC)
+    return jwt.encode(
+        {
+            "iss": ISSUER,
+            "sub": "alice",
+            "aud": "dev-cluster",
+            "jti": "old",
+            "iat": int((now - timedelta(hours=2)).timestamp()),
+            "exp": int((now - timedelta(hours=1)).timestamp()),
+        },
+        mint.key,
+        algorithm="EdDSA",
+    )

@@ -1,0 +1,253 @@
+"""The kube gateway with real kubectl 1.32 in front and the API-server double behind."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import subprocess
+
+import aiohttp
+import httpx
+import orjson
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from tests.kube.conftest import KubeEnv, expired_claims_token, wait_until
+
+
+def kubectl(env: dict[str, str], *args: str, timeout: float = 30) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["kubectl", *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_devs_user_lists_pods_in_dev_and_gets_the_upstreams_403_in_default(
+    kube_env: KubeEnv,
+) -> None:
+    env = kube_env.kubeconfig(kube_env.mint.mint("alice"))
+    ok = kubectl(env, "get", "pods", "-n", "dev")
+    assert ok.returncode == 0, ok.stderr
+    assert "web-0" in ok.stdout and "web-1" in ok.stdout and "db-0" not in ok.stdout
+
+    denied = kubectl(env, "get", "pods")
+    assert denied.returncode == 1
+    assert (
+        'pods is forbidden: User "alice" cannot list resource "pods" in API group "" '
+        'in the namespace "default"' in denied.stderr
+    )
+    # the upstream saw the gateway impersonating alice with her kube groups
+    lists = [s for s in kube_env.upstream.seen if s.path.endswith("/pods")]
+    assert {(s.user, s.impersonated, tuple(s.groups)) for s in lists} == {
+        ("auditcast-gateway", "alice", ("devs",))
+    }
+    events = {
+        (e.namespace, e.response_code): e  # type: ignore[attr-defined]
+        for e in kube_env.sink.of_type("kube.request")
+        if getattr(e, "resource", "") == "pods"
+    }
+    allowed, forbidden = events[("dev", 200)], events[("default", 403)]
+    assert allowed.verb == "list" and allowed.user == "alice"  # type: ignore[attr-defined]
+    assert allowed.cluster == "dev-cluster" and allowed.labels == {"env": "dev"}
+    assert allowed.credential_id and allowed.source and allowed.source.user_agent
+    assert allowed.source.user_agent.startswith("kubectl/")
+    assert forbidden.request_path == "/api/v1/namespaces/default/pods"  # type: ignore[attr-defined]
+    # the cluster's audit id is our event id: every upstream call is linkable
+    audit_ids = {s.headers.get("Audit-ID") for s in lists}
+    assert {allowed.id, forbidden.id} <= audit_ids
+
+
+def _token_cases(env: KubeEnv) -> dict[str, tuple[str, str]]:
+    other_key = Ed25519PrivateKey.generate()
+    return {
+        "forged": (env.mint.mint("alice", key=other_key), "invalid token"),
+        "expired": (expired_claims_token(env.mint), "token expired"),
+        "other cluster": (
+            env.mint.mint("alice", cluster="prod-cluster"),
+            "not issued for cluster dev-cluster",
+        ),
+        "garbage": ("not-a-jwt", "invalid token"),
+    }
+
+
+@pytest.mark.parametrize("case", ["forged", "expired", "other cluster", "garbage"])
+def test_bad_tokens_are_refused_with_a_clear_error_and_never_reach_the_cluster(
+    kube_env: KubeEnv, case: str
+) -> None:
+    token, message = _token_cases(kube_env)[case]
+    result = kubectl(kube_env.kubeconfig(token), "get", "pods", "-n", "dev")
+    assert result.returncode == 1
+    # kubectl's discovery turns any 401 into this line (and re-runs the exec plugin)
+    assert "You must be logged in to the server" in result.stderr
+    with _client() as http:  # the Status body names the reason and what to do
+        r = http.get(
+            f"{kube_env.gateway.url}/cluster/dev-cluster/api/v1/namespaces/dev/pods",
+            headers={"Authorization": f"Bearer {token}"},
+        )
+    assert r.status_code == 401 and r.json()["kind"] == "Status"
+    assert message in r.json()["message"] and "auditcast login" in r.json()["message"]
+    assert kube_env.upstream_requests() == 0
+    failures = kube_env.sink.of_type("auth.failed")
+    assert failures and all(e.cluster == "dev-cluster" for e in failures)
+
+
+def _client() -> httpx.Client:
+    return httpx.Client(verify=False, timeout=10)
+
+
+def test_oversized_headers_get_431_and_no_upstream_request(kube_env: KubeEnv) -> None:
+    token = kube_env.mint.mint("alice")
+    with _client() as http:
+        r = http.get(
+            f"{kube_env.gateway.url}/cluster/dev-cluster/api/v1/namespaces/dev/pods",
+            headers={"Authorization": f"Bearer {token}", "X-Filler": "x" * 40_000},
+        )
+    assert r.status_code == 431
+    body = r.json()
+    assert body["kind"] == "Status" and "exceed the gateway's 32768-byte limit" in body["message"]
+    assert kube_env.upstream_requests() == 0
+
+
+def test_client_impersonation_headers_are_replaced_by_the_tokens_identity(
+    kube_env: KubeEnv,
+) -> None:
+    token = kube_env.mint.mint("alice")
+    with _client() as http:
+        r = http.get(
+            f"{kube_env.gateway.url}/cluster/dev-cluster/api/v1/namespaces/dev/pods",
+            headers={
+                "Authorization": f"Bearer {token}",
+                "Impersonate-User": "admin",
+                "Impersonate-Group": "system:masters",
+            },
+        )
+    assert r.status_code == 200
+    [seen] = kube_env.upstream.seen
+    assert (seen.impersonated, seen.groups) == ("alice", ["devs"])
+    assert seen.headers["Authorization"] != f"Bearer {token}"
+
+
+def test_unknown_cluster_and_missing_prefix_are_404_status(kube_env: KubeEnv) -> None:
+    token = kube_env.mint.mint("alice")
+    with _client() as http:
+        r1 = http.get(
+            f"{kube_env.gateway.url}/cluster/nope/api", headers={"Authorization": f"Bearer {token}"}
+        )
+        r2 = http.get(f"{kube_env.gateway.url}/api/v1/pods")
+    assert r1.status_code == 404 and "unknown cluster 'nope'" in r1.json()["message"]
+    assert r2.status_code == 404 and "/cluster/NAME" in r2.json()["message"]
+    assert kube_env.upstream_requests() == 0
+
+
+def _ws_url(env: KubeEnv, query: str = "command=sh&stdin=true&stdout=true&tty=true") -> str:
+    return f"{env.gateway.url.replace('https', 'wss')}/cluster/dev-cluster/api/v1/namespaces/dev/pods/web-0/exec?{query}"
+
+
+def _insecure() -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def test_unknown_websocket_subprotocol_is_refused_before_the_cluster(kube_env: KubeEnv) -> None:
+    token = kube_env.mint.mint("alice")
+
+    async def attempt() -> tuple[int, str]:
+        async with aiohttp.ClientSession() as s:
+            try:
+                await s.ws_connect(
+                    _ws_url(kube_env),
+                    protocols=["v9.bogus.k8s.io"],
+                    headers={"Authorization": f"Bearer {token}"},
+                    ssl=_insecure(),
+                )
+            except aiohttp.WSServerHandshakeError as e:
+                return e.status, str(e.message)
+        return 101, ""
+
+    status, _ = asyncio.run(attempt())
+    assert status == 400
+    with _client() as http:  # the same request as plain HTTP shows the Status body
+        r = http.get(
+            _ws_url(kube_env).replace("wss", "https"),
+            headers={
+                "Authorization": f"Bearer {token}",
+                "Upgrade": "websocket",
+                "Connection": "Upgrade",
+                "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+                "Sec-WebSocket-Version": "13",
+                "Sec-WebSocket-Protocol": "v9.bogus.k8s.io",
+            },
+        )
+    assert r.status_code == 400
+    assert "unsupported WebSocket subprotocol(s) v9.bogus.k8s.io" in r.json()["message"]
+    assert kube_env.upstream_requests() == 0
+
+
+def test_malformed_client_frame_ends_the_exec_stream_with_an_error(kube_env: KubeEnv) -> None:
+    token = kube_env.mint.mint("alice")
+
+    async def session() -> tuple[list[bytes], int | None]:
+        got: list[bytes] = []
+        async with aiohttp.ClientSession() as s:
+            ws = await s.ws_connect(
+                _ws_url(kube_env),
+                protocols=["v5.channel.k8s.io"],
+                headers={"Authorization": f"Bearer {token}"},
+                ssl=_insecure(),
+            )
+            await ws.send_bytes(b"\x00echo ok\n")
+            await ws.send_bytes(b"\x09garbage")  # channel 9 does not exist
+            async for msg in ws:
+                if msg.type is aiohttp.WSMsgType.BINARY:
+                    got.append(msg.data)
+            return got, ws.close_code
+
+    frames, close_code = asyncio.run(asyncio.wait_for(session(), 15))
+    errors = [orjson.loads(f[1:]) for f in frames if f[:1] == b"\x03"]
+    assert errors and "malformed frame from client: unknown channel 9" in errors[-1]["message"]
+    assert close_code == 1007
+    assert wait_until(lambda: any(getattr(e, "phase", "") == "end" for e in kube_env.sink.events))
+    end = next(e for e in kube_env.sink.events if getattr(e, "phase", "") == "end")
+    assert "unknown channel 9" in end.error  # type: ignore[attr-defined]
+
+
+def test_non_tty_exec_reports_exit_code_and_is_one_event_at_start_and_end(
+    kube_env: KubeEnv,
+) -> None:
+    env = kube_env.kubeconfig(kube_env.mint.mint("alice"))
+    r = kubectl(
+        env, "exec", "-n", "dev", "web-0", "--", "sh", "-c", "echo out; echo err >&2; exit 7"
+    )
+    assert r.returncode == 7 and r.stdout == "out\n" and "err" in r.stderr
+    execs = [
+        e for e in kube_env.sink.of_type("kube.request") if getattr(e, "subresource", "") == "exec"
+    ]
+    start, end = sorted(execs, key=lambda e: e.time)
+    assert (start.phase, end.phase) == ("start", "end")  # type: ignore[attr-defined]
+    assert end.request_id == start.id and end.exit_code == 7  # type: ignore[attr-defined]
+    assert start.name == "web-0" and start.namespace == "dev"  # type: ignore[attr-defined]
+
+
+def test_watch_streams_without_buffering_and_records_start_and_end(kube_env: KubeEnv) -> None:
+    env = kube_env.kubeconfig(kube_env.mint.mint("alice"))
+    proc = subprocess.Popen(
+        ["kubectl", "get", "pods", "-n", "dev", "-w", "--output-watch-events"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()  # arrives while the watch is still open
+        assert "web-0" in first or "NAME" in first
+        assert wait_until(
+            lambda: any(getattr(e, "phase", "") == "start" for e in kube_env.sink.events)
+        )
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    assert wait_until(lambda: any(getattr(e, "phase", "") == "end" for e in kube_env.sink.events))
+    watch = [e for e in kube_env.sink.of_type("kube.request") if getattr(e, "verb", "") == "watch"]
+    assert sorted(e.phase for e in watch) == ["end", "start"]  # type: ignore[attr-defined]
