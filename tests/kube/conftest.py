@@ -17,11 +17,11 @@ from typing import Any
 
 import jwt
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
 from auditcast.collectors.kube.gateway import KubeGateway
 from auditcast.collectors.kube.policy import KubeClaims
 from auditcast.collectors.kube.upstreams import UpstreamCluster
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from auditcast.errors import InvalidToken
 from auditcast.events import Event
 from tests.kubeapi import GATEWAY_TOKEN, FakeApiServer, ThreadedApiServer, demo_spec

@@ -139,7 +139,8 @@ def test_unknown_cluster_and_missing_prefix_are_404_status(kube_env: KubeEnv) ->
 
 
 def _ws_url(env: KubeEnv, query: str = "command=sh&stdin=true&stdout=true&tty=true") -> str:
-    return f"{env.gateway.url.replace('https', 'wss')}/cluster/dev-cluster/api/v1/namespaces/dev/pods/web-0/exec?{query}"
+    base = env.gateway.url.replace("https", "wss")
+    return f"{base}/cluster/dev-cluster/api/v1/namespaces/dev/pods/web-0/exec?{query}"
 
 
 def _insecure() -> ssl.SSLContext:
