@@ -176,6 +176,12 @@ def _cert_info(blob: bytes) -> CertInfo:
     )
 
 
+# Refusals that may still turn into a login on this connection (OpenSSH offers the
+# plain key before its certificate; MFA follows the certificate): reported only if
+# the connection ends unauthenticated.
+_TENTATIVE: Final = frozenset({"plain_key", "mfa_required"})
+
+
 class _ClientConnection(asyncssh.SSHServer):
     """One user's connection: authentication, then sessions relayed to one node."""
 
@@ -190,6 +196,7 @@ class _ClientConnection(asyncssh.SSHServer):
         self.mfa_pending = False
         self.mfa_user = ""
         self._banners: set[str] = set()
+        self._emitted = False
         self._upstream: asyncssh.SSHClientConnection | None = None
         self._upstream_lock = asyncio.Lock()
         self.sessions: set[_RelaySession] = set()
@@ -212,7 +219,7 @@ class _ClientConnection(asyncssh.SSHServer):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.gw.live.discard(self)
-        if not self.authenticated and self.refusal is not None:
+        if not self.authenticated and self.refusal is not None and not self._emitted:
             self._emit_refusal()
         if self._upstream is not None:
             self._upstream.close()
@@ -264,9 +271,12 @@ class _ClientConnection(asyncssh.SSHServer):
         self.refusal = None
 
     def _refuse(self, refusal: Refusal, *, banner: bool = True, **fields: Any) -> bool:
-        if self.refusal is None or self.refusal.reason == "plain_key":
+        if self.refusal is None or self.refusal.reason in _TENTATIVE:
             self.refusal = refusal
             self.refusal_fields = fields
+        if refusal.reason not in _TENTATIVE and not self._emitted:
+            # One auth.failed per connection, written before the client hears "no".
+            self._emit_refusal()
         # OpenSSH offers the plain key before its certificate: no banner for that, or
         # every successful login would print a warning.
         if banner and refusal.message not in self._banners and self.conn is not None:
@@ -279,6 +289,7 @@ class _ClientConnection(asyncssh.SSHServer):
 
     def _emit_refusal(self) -> None:
         assert self.refusal is not None
+        self._emitted = True
         fields = dict(self.refusal_fields)
         self.gw.audit.emit(
             Event(

@@ -193,14 +193,15 @@ class RunningGateway:
 def ssh_gateway(
     make_settings: Callable[..., Settings], ssh_pki: Pki, ssh_nodes: dict[str, SshdNode]
 ) -> Iterator[RunningGateway]:
-    from tests.ssh.harness import start_gateway, stop_gateway
+    from tests.ssh.harness import start_gateway
 
     settings = make_settings()
     runner = LoopThread()
     try:
-        gw, view, spool = runner.call(start_gateway(settings, ssh_pki, ssh_nodes, ROLES))
-        running = RunningGateway(settings, gw.port, gw, view, spool, runner, ssh_pki, ssh_nodes)
-        yield running
-        runner.call(stop_gateway(gw, view, spool))
+        svc = runner.call(start_gateway(settings, ssh_pki, ssh_nodes, ROLES))
+        yield RunningGateway(
+            settings, svc.port, svc.gateway, svc.lock_view, svc.spool, runner, ssh_pki, ssh_nodes
+        )
+        runner.call(svc.stop())
     finally:
         runner.stop()

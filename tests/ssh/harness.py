@@ -21,7 +21,7 @@ from auditcast.topics import EVENTS_RAW, SESSION_FRAMES, topic
 
 async def start_gateway(
     settings: Settings, pki: Any, nodes: dict[str, Any], roles: dict[str, Any]
-) -> tuple[Any, Any, Any]:
+) -> GatewayService:
     d = ca_dir(settings)
     d.mkdir(parents=True, exist_ok=True, mode=0o700)
     for name in ("user_ca", "user_ca.pub", "host_ca", "host_ca.pub"):
@@ -37,11 +37,7 @@ async def start_gateway(
         port=0,
         keys=load_keys(settings, ("127.0.0.1", "localhost")),
     )
-    return svc.gateway, svc.lock_view, svc
-
-
-async def stop_gateway(gw: Any, view: Any, svc: GatewayService) -> None:
-    await svc.stop()
+    return svc
 
 
 async def _read(

@@ -87,7 +87,7 @@ def test_certificate_login_gets_a_shell_and_the_recording_matches_the_screen(
     mine = session_frames(frames, sid)
     # Everything the user's terminal showed is in the recording, byte for byte.
     assert output_of(mine) == bytes(seen)
-    assert b"echo hello-$((6*7))\r" in input_of(mine)
+    assert b"echo hello-$((6*7))\n" in input_of(mine)
     assert [f.data for f in mine if f.kind == "r"][-1] == b"120x40"
 
 
