@@ -4,6 +4,7 @@ event loop, kubeconfigs for real kubectl, tokens."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import ssl
 import threading
@@ -17,13 +18,16 @@ from typing import Any
 
 import jwt
 import pytest
+from auditcast.access.locks import LockView
 from auditcast.collectors.kube.gateway import KubeGateway
 from auditcast.collectors.kube.policy import KubeClaims
 from auditcast.collectors.kube.upstreams import UpstreamCluster
+from auditcast.collectors.kube.wiring import lock_subject
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from auditcast.errors import InvalidToken
 from auditcast.events import Event
+from auditcast.settings import Settings
 from tests.kubeapi import GATEWAY_TOKEN, FakeApiServer, ThreadedApiServer, demo_spec
 from tests.kubeapi.pki import TestCA
 
@@ -131,6 +135,8 @@ class KubeEnv:
     mint: TokenMint
     ca_path: Path
     home: Path
+    settings: Settings | None = None
+    locks: LockView | None = None
 
     def kubeconfig(self, token: str, cluster: str = "dev-cluster") -> dict[str, str]:
         """Environment for kubectl with a kubeconfig pointing at the gateway."""
@@ -159,36 +165,52 @@ current-context: {cluster}
         return len(self.upstream.seen)
 
 
-@pytest.fixture
-def kube_env(tmp_path: Path) -> Iterator[KubeEnv]:
+@contextlib.contextmanager
+def running_kube_env(tmp_path: Path, settings: Settings | None = None) -> Iterator[KubeEnv]:
+    """Upstream double + gateway; with `settings`, a real LockView on the broker too."""
     home = tmp_path / "home"
-    home.mkdir()
+    home.mkdir(exist_ok=True)
     with ThreadedApiServer(demo_spec(tmp_path / "upstream")) as upstream:
         ca = TestCA.create("auditcast-test-host-ca")
         ca_path, crt, key = ca.write(tmp_path / "gw-pki", "kube-gateway")
         tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         tls.load_cert_chain(crt, key)
         clusters = {
-            "dev-cluster": UpstreamCluster(
-                "dev-cluster",
-                upstream.url,
-                ca=upstream.ca_path,
-                token=GATEWAY_TOKEN,
-                labels={"env": "dev"},
-            ),
-            "prod-cluster": UpstreamCluster(
-                "prod-cluster",
-                upstream.url,
-                ca=upstream.ca_path,
-                token=GATEWAY_TOKEN,
-                labels={"env": "prod"},
-            ),
+            name: UpstreamCluster(
+                name, upstream.url, ca=upstream.ca_path, token=GATEWAY_TOKEN, labels={"env": env}
+            )
+            for name, env in (("dev-cluster", "dev"), ("prod-cluster", "prod"))
         }
         mint = TokenMint()
         sink = CollectingSink()
         gw = KubeGateway(clusters, mint.verify, sink)
         with ThreadedGateway(gw, tls) as threaded:
-            yield KubeEnv(upstream, threaded, sink, mint, ca_path, home)
+            view = None
+            if settings is not None:
+                view = LockView(settings)
+                threaded.call(view.start())
+                gw.locks = view
+                gw.subject_of = lock_subject
+                gw._remove_listener = view.add_listener(gw._on_lock)
+            try:
+                yield KubeEnv(upstream, threaded, sink, mint, ca_path, home, settings, view)
+            finally:
+                if view is not None:
+                    threaded.call(view.stop())
+
+
+@pytest.fixture
+def kube_env(tmp_path: Path) -> Iterator[KubeEnv]:
+    with running_kube_env(tmp_path) as env:
+        yield env
+
+
+@pytest.fixture
+def kube_env_with_locks(
+    tmp_path: Path, make_settings: Callable[..., Settings]
+) -> Iterator[KubeEnv]:
+    with running_kube_env(tmp_path, make_settings()) as env:
+        yield env
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:

@@ -1,0 +1,87 @@
+"""Locks through the gateway: a live kubectl exec ends, new requests get the lock's message,
+removing the lock restores access. Real broker, real LockView/LockAuthority, real kubectl."""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+
+import httpx
+import pexpect
+from auditcast.access.lock_authority import LockAuthority
+from auditcast.access.lock_model import LockTargets, new_lock
+
+from tests.kube.conftest import KubeEnv, wait_until
+from tests.kube.test_gateway import kubectl
+
+
+def test_locked_user_exec_session_is_closed_and_new_requests_get_the_lock_message(
+    kube_env_with_locks: KubeEnv,
+) -> None:
+    env = kube_env_with_locks
+    assert env.settings is not None and env.locks is not None
+    token = env.mint.mint("alice")
+    kenv = env.kubeconfig(token)
+    authority = LockAuthority(env.settings)
+    env.gateway.call(authority.start())
+    shell = pexpect.spawn(
+        "kubectl",
+        ["exec", "-it", "-n", "dev", "web-0", "--", "sh"],
+        env=kenv,
+        timeout=15,
+        dimensions=(24, 80),
+    )
+    try:
+        shell.expect_exact("web-0$ ")
+        shell.sendline("echo before-lock")
+        shell.expect_exact("before-lock\r\n")
+
+        lock = new_lock(
+            LockTargets(user="alice"),
+            ttl=timedelta(minutes=5),
+            message="security incident INC-42",
+            created_by="secops",
+        )
+        t0 = time.monotonic()
+        assert env.gateway.call(authority.create(lock))
+        shell.expect(pexpect.EOF, timeout=5)
+        closed_after = time.monotonic() - t0
+        shell.close()
+        assert shell.exitstatus != 0
+        assert "access locked by" in shell.before.decode()
+        assert closed_after < 2.0, f"exec closed {closed_after:.3f}s after the lock"
+        # the gateway's own measure: lock seen → stream closed
+        assert env.gateway.gateway.stats.lock_closures
+        assert max(env.gateway.gateway.stats.lock_closures) < 0.25
+
+        end = next(
+            e
+            for e in env.sink.of_type("kube.request")
+            if getattr(e, "phase", "") == "end" and getattr(e, "subresource", "") == "exec"
+        )
+        assert end.closed_by_lock == lock.name  # type: ignore[attr-defined]
+
+        denied = kubectl(kenv, "get", "pods", "-n", "dev")
+        assert denied.returncode == 1
+        with httpx.Client(verify=False, timeout=10) as http:
+            r = http.get(
+                f"{env.gateway.url}/cluster/dev-cluster/api/v1/namespaces/dev/pods",
+                headers={"Authorization": f"Bearer {token}"},
+            )
+        assert r.status_code == 403
+        assert r.json()["message"] == (
+            f"auditcast: access locked by {lock.name}: security incident INC-42 "
+            "(ask an administrator to remove the lock (`auditcast lock ls`))"
+        )
+        assert r.json()["details"]["name"] == lock.name
+        failed = env.sink.of_type("auth.failed")
+        assert any(getattr(e, "lock", "") == lock.name and e.user == "alice" for e in failed)
+
+        env.gateway.call(authority.delete(lock.name, by="secops"))
+        assert wait_until(lambda: env.locks is not None and not env.locks.locks(), timeout=10)
+        ok = kubectl(kenv, "get", "pods", "-n", "dev")
+        assert ok.returncode == 0, ok.stderr
+        assert "web-0" in ok.stdout
+    finally:
+        shell.close(force=True)
+        env.gateway.call(authority.stop())
