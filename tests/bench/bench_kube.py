@@ -1,0 +1,225 @@
+"""Kube gateway benchmark: what the gateway adds in front of an API server.
+
+Three processes: the API-server test double (tests.kubeapi), the gateway (KubeGateway
+with token verification, impersonation, request parsing, event building and the
+exec tap) and this client. Measured in the same run against the same double:
+
+1. GET pods latency, one request at a time: p50/p99 direct vs through the gateway
+   (the added latency is the difference).
+2. GET pods requests/s at concurrency 32: gateway / direct.
+3. exec stdout throughput: `cat` of a 200 MB file over the v5.channel.k8s.io WebSocket,
+   through the gateway (decoding every frame for the recording tap) vs direct.
+
+Events go to a counting sink in the gateway process (not the Kafka spool), so the
+figures are the proxy's own cost. `python -m tests.bench.bench_kube` prints one JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import aiohttp
+
+N_LATENCY = 400
+N_THROUGHPUT = 3000
+CONCURRENCY = 32
+EXEC_MB = 200
+PODS_PATH = "/api/v1/namespaces/dev/pods"
+
+
+def percentiles(samples: list[float]) -> dict[str, float]:
+    s = sorted(samples)
+    return {
+        "p50_ms": round(s[len(s) // 2] * 1000, 3),
+        "p99_ms": round(s[min(len(s) - 1, int(len(s) * 0.99))] * 1000, 3),
+        "mean_ms": round(statistics.fmean(s) * 1000, 3),
+    }
+
+
+# -- the gateway process ---------------------------------------------------------------
+async def serve_gateway(upstream: dict[str, str], workdir: Path) -> None:
+    from auditcast.collectors.kube.gateway import KubeGateway
+    from auditcast.collectors.kube.upstreams import UpstreamCluster
+
+    from tests.kube.conftest import CollectingSink, TokenMint
+    from tests.kubeapi.pki import TestCA
+
+    class CountingSink(CollectingSink):
+        def append_event(self, event: Any) -> None:
+            event.to_json()  # the serialisation cost is the gateway's
+
+    mint = TokenMint()
+    ca = TestCA.create("bench-gw-ca")
+    ca_path, crt, key = ca.write(workdir / "gw-pki", "kube-gateway")
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(crt, key)
+    cluster = UpstreamCluster(
+        "dev-cluster",
+        upstream["url"],
+        ca=Path(upstream["ca"]),
+        token=upstream["gateway_token"],
+        labels={"env": "dev"},
+    )
+    gw = KubeGateway({"dev-cluster": cluster}, mint.verify, CountingSink())
+    await gw.start("127.0.0.1", 0, tls)
+    token = mint.mint("alice", ttl=3600)
+    sys.stdout.write(json.dumps({"port": gw.port, "ca": str(ca_path), "token": token}) + "\n")
+    sys.stdout.flush()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await gw.stop()
+
+
+# -- the client ------------------------------------------------------------------------
+async def latency(session: aiohttp.ClientSession, url: str, headers: dict[str, str]) -> list[float]:
+    out = []
+    for _ in range(N_LATENCY):
+        t = time.perf_counter()
+        async with session.get(url, headers=headers) as r:
+            await r.read()
+            assert r.status == 200, r.status
+        out.append(time.perf_counter() - t)
+    return out
+
+
+async def throughput(session: aiohttp.ClientSession, url: str, headers: dict[str, str]) -> float:
+    remaining = N_THROUGHPUT
+
+    async def worker() -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            async with session.get(url, headers=headers) as r:
+                await r.read()
+
+    t = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+    return N_THROUGHPUT / (time.perf_counter() - t)
+
+
+async def exec_throughput(
+    session: aiohttp.ClientSession, base: str, headers: dict[str, str], ctx: ssl.SSLContext
+) -> float:
+    url = (
+        base.replace("https", "wss")
+        + "/api/v1/namespaces/dev/pods/web-0/exec?command=cat&command=big.bin&stdout=true"
+    )
+    got = 0
+    t = time.perf_counter()
+    async with session.ws_connect(
+        url, protocols=["v5.channel.k8s.io"], headers=headers, ssl=ctx, max_msg_size=0
+    ) as ws:
+        async for msg in ws:
+            if msg.type is aiohttp.WSMsgType.BINARY and msg.data[:1] == b"\x01":
+                got += len(msg.data) - 1
+    elapsed = time.perf_counter() - t
+    assert got == EXEC_MB * 1024 * 1024, got
+    return got / elapsed / 1e6
+
+
+async def measure(upstream: dict[str, str], gw: dict[str, Any]) -> dict[str, Any]:
+    direct_ctx = ssl.create_default_context(cafile=upstream["ca"])
+    gw_ctx = ssl.create_default_context(cafile=gw["ca"])
+    direct = {
+        "url": upstream["url"],
+        "headers": {"Authorization": f"Bearer {upstream['admin_token']}"},
+        "ctx": direct_ctx,
+    }
+    via = {
+        "url": f"https://127.0.0.1:{gw['port']}/cluster/dev-cluster",
+        "headers": {"Authorization": f"Bearer {gw['token']}"},
+        "ctx": gw_ctx,
+    }
+    results: dict[str, Any] = {}
+    for name, target in (("direct", direct), ("gateway", via)):
+        conn = aiohttp.TCPConnector(ssl=target["ctx"], limit=CONCURRENCY)
+        async with aiohttp.ClientSession(connector=conn) as s:
+            url = target["url"] + PODS_PATH
+            await latency(s, url, target["headers"])  # warm-up
+            lat = await latency(s, url, target["headers"])
+            rps = await throughput(s, url, target["headers"])
+            mbps = await exec_throughput(s, target["url"], target["headers"], target["ctx"])
+        results[name] = {**percentiles(lat), "rps_c32": round(rps, 1), "exec_MBps": round(mbps, 1)}
+    d, g = results["direct"], results["gateway"]
+    results["added_latency_p50_ms"] = round(g["p50_ms"] - d["p50_ms"], 3)
+    results["added_latency_p99_ms"] = round(g["p99_ms"] - d["p99_ms"], 3)
+    results["rps_ratio"] = round(g["rps_c32"] / d["rps_c32"], 3)
+    results["exec_throughput_ratio"] = round(g["exec_MBps"] / d["exec_MBps"], 3)
+    return results
+
+
+def _spawn(args: list[str]) -> tuple[subprocess.Popen[str], dict[str, Any]]:
+    proc = subprocess.Popen(
+        [sys.executable, *args],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line:
+        raise RuntimeError(f"{args} did not start")
+    return proc, json.loads(line)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--serve-gateway", help="upstream JSON (internal)")
+    parser.add_argument("--workdir", type=Path)
+    args = parser.parse_args()
+    if args.serve_gateway:
+        asyncio.run(serve_gateway(json.loads(args.serve_gateway), args.workdir))
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        pod = work / "upstream" / "pods" / "dev" / "web-0"
+        pod.mkdir(parents=True)
+        with (pod / "big.bin").open("wb") as f:
+            chunk = os.urandom(1024 * 1024)
+            for _ in range(EXEC_MB):
+                f.write(chunk)
+        up_proc, upstream = _spawn(["-m", "tests.kubeapi", "--workdir", str(work / "upstream")])
+        gw_proc, gw = _spawn(
+            [
+                "-m",
+                "tests.bench.bench_kube",
+                "--serve-gateway",
+                json.dumps(upstream),
+                "--workdir",
+                str(work),
+            ]
+        )
+        try:
+            results = asyncio.run(measure(upstream, gw))
+        finally:
+            for p in (gw_proc, up_proc):
+                p.send_signal(signal.SIGTERM)
+                p.wait(10)
+    results["targets"] = {
+        "added_latency_p50_ms": "< 1",
+        "added_latency_p99_ms": "< 3",
+        "rps_ratio": ">= 0.5",
+        "exec_throughput_ratio": ">= 0.7",
+    }
+    print(json.dumps({"bench": "kube", **results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
