@@ -20,7 +20,12 @@ COMMANDS: dict[str, str] = {
     "audit-webhook": "auditcast.collectors.kube.cli:audit_webhook",
     "bench": "auditcast.cli.bench:bench",
     "kube-gateway": "auditcast.collectors.kube.cli:kube_gateway",
+    "lock": "auditcast.access.cli_lock:lock",
+    "mfa": "auditcast.access.cli_mfa:mfa",
+    "rec": "auditcast.collectors.pty.cli:rec",
+    "request": "auditcast.access.cli_request:request",
     "topics": "auditcast.cli.topics:topics",
+    "worker": "auditcast.streams.cli:worker",
 }
 
 

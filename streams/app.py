@@ -1,0 +1,287 @@
+"""The Faust app: `events.raw` → attribution + session assembly → `events.audit`.
+
+Two agents share one worker:
+
+- `audit` reads `events.raw` in batches, looks each event's credential up in the
+  `identities` global table, folds session.start/end into the `sessions` table,
+  enriches session.end with `frames` and `duration`, and writes the event to
+  `events.audit` under the same key. Unknown credentials also raise an
+  `audit.unattributed` alert on `alerts`.
+- `frames` reads `session.frames` (co-partitioned with `events.raw` by session id)
+  and counts frames and bytes per session in the same table.
+
+A malformed record never stops an agent: it is counted, logged with its offset and
+copied to `dead-letter` with headers saying where it came from (docs/SEAMS.md).
+Every batch's output is acknowledged by the broker before the batch's offsets are
+committed (at-least-once; the stores dedupe by event id).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import faust
+import orjson
+from auditcast.streams import sessions
+from auditcast.streams.attribution import attribute
+from auditcast.streams.identities import IdentityView
+from faust.types import EventT, RecordMetadata
+
+from auditcast.errors import MalformedMessage
+from auditcast.events import Event, decode_event, decode_frames
+from auditcast.kafka import MAX_REQUEST_BYTES
+from auditcast.settings import Settings
+from auditcast.topics import (
+    ALERTS,
+    DEAD_LETTER,
+    EVENTS_AUDIT,
+    EVENTS_RAW,
+    IDENTITIES,
+    SESSION_FRAMES,
+    topic,
+)
+
+log = logging.getLogger("auditcast.streams")
+
+# Batching: up to this many records or this long, whichever comes first. 1000 keeps a
+# batch's output well under one producer request; 50 ms matches the collectors' own
+# flush cadence, so a live session is not held back noticeably.
+BATCH_MAX: Final = 1000
+# A dead-letter copy is cut to what one produce request can carry (an oversized record
+# is one of the reasons to dead-letter it); the headers say where the original is.
+DEAD_LETTER_MAX_BYTES: Final = 512 * 1024
+BATCH_WITHIN_S: Final = 0.05
+
+# Group membership tuned for a single-node broker: Faust's defaults (session 60 s,
+# rebalance 60 s, heartbeat 3 s) made the first join on Tansu take ~30 s.
+SESSION_TIMEOUT_S: Final = 10.0
+HEARTBEAT_INTERVAL_S: Final = 1.0
+REBALANCE_TIMEOUT_S: Final = 10.0
+
+
+def app_id(settings: Settings) -> str:
+    """The consumer group and table-topic prefix; the topic prefix keeps setups apart."""
+    return f"{settings.topic_prefix}worker"
+
+
+@dataclass
+class WorkerStats:
+    """Counters the worker logs and tests read."""
+
+    consumed: Counter[str] = field(default_factory=Counter)
+    produced: Counter[str] = field(default_factory=Counter)
+    dead_letters: Counter[str] = field(default_factory=Counter)
+    unattributed: int = 0
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "consumed": dict(self.consumed),
+            "produced": dict(self.produced),
+            "dead_letters": dict(self.dead_letters),
+            "unattributed": self.unattributed,
+        }
+
+
+class StreamsApp:
+    """The Faust app with its topics, tables and agents for one settings object."""
+
+    def __init__(self, settings: Settings, bootstrap: str) -> None:
+        self.settings = settings
+        self.stats = WorkerStats()
+        self.ready = asyncio.Event()
+        servers = ";".join(f"kafka://{h.strip()}" for h in bootstrap.split(",") if h.strip())
+        self.app = faust.App(
+            app_id(settings),
+            broker=servers,
+            # Values are our own envelopes (JSON) and frame batches (msgpack), parsed by
+            # the kernel codecs; Faust moves bytes.
+            key_serializer="raw",
+            value_serializer="raw",
+            store="memory://",
+            web_enabled=False,
+            # acks=all; Faust turns idempotence on only for exactly_once, which Tansu lacks.
+            producer_acks=-1,
+            producer_max_request_size=MAX_REQUEST_BYTES,
+            processing_guarantee="at_least_once",
+            topic_partitions=settings.partitions,
+            topic_replication_factor=settings.replication_factor,
+            consumer_auto_offset_reset="earliest",
+            broker_session_timeout=SESSION_TIMEOUT_S,
+            broker_heartbeat_interval=HEARTBEAT_INTERVAL_S,
+            broker_rebalance_timeout=REBALANCE_TIMEOUT_S,
+            broker_commit_interval=1.0,
+            stream_wait_empty=False,
+            table_standby_replicas=0,
+        )
+        t = self.topic_name
+        self.events_raw = self.app.topic(t(EVENTS_RAW), internal=False)
+        self.session_frames = self.app.topic(t(SESSION_FRAMES), internal=False)
+        self.events_audit = self.app.topic(t(EVENTS_AUDIT))
+        self.alerts = self.app.topic(t(ALERTS))
+        self.dead_letter = self.app.topic(t(DEAD_LETTER))
+        # Attribution joins on credential id while events are keyed by session, so each
+        # worker reads all of `identities` (see streams.identities for why not GlobalTable).
+        self.identities = IdentityView(bootstrap, t(IDENTITIES))
+        self.sessions = self.app.Table(
+            "sessions",
+            key_type=bytes,
+            value_type=bytes,
+            partitions=settings.partitions,
+        )
+        self.app.agent(self.events_raw, name="audit")(self._audit_agent)
+        self.app.agent(self.session_frames, name="frames")(self._frames_agent)
+        self.app.on_rebalance_complete.connect(self._on_rebalance_complete)
+        self.app.task(self._start_identities)
+        self.app.on_before_shutdown.connect(self._stop_identities)
+        self._assigned = asyncio.Event()
+        self._identities_loaded = asyncio.Event()
+
+    def topic_name(self, name: str) -> str:
+        return topic(self.settings, name)
+
+    async def _on_rebalance_complete(self, sender: Any = None, **kwargs: Any) -> None:
+        assigned = self.app.consumer.assignment() if self.app.consumer else set()
+        log.info(
+            "partitions assigned and tables recovered",
+            extra={"fields": {"assigned": sorted(f"{tp.topic}/{tp.partition}" for tp in assigned)}},
+        )
+        self._assigned.set()
+        if self._identities_loaded.is_set():
+            self.ready.set()
+
+    async def _start_identities(self) -> None:
+        await self.identities.start()
+        # Events read before the identities already on the topic would be misattributed.
+        while not await self.identities.catch_up(timeout=5.0):
+            log.warning("still loading identities")
+        log.info(
+            "identities loaded", extra={"fields": {"credentials": len(self.identities.records)}}
+        )
+        self._identities_loaded.set()
+        if self._assigned.is_set():
+            self.ready.set()
+
+    async def _stop_identities(self, sender: Any = None, **kwargs: Any) -> None:
+        await self.identities.stop()
+
+    # --- lookups -----------------------------------------------------------------
+
+    def _session(self, session_id: str) -> sessions.SessionSummary:
+        raw = self.sessions.get(session_id.encode())
+        return orjson.loads(raw) if raw else sessions.empty(session_id)
+
+    def _store_session(self, partition: int, summary: sessions.SessionSummary) -> None:
+        key = summary["session_id"].encode()
+        value = orjson.dumps(summary)
+        # Written directly with the source partition: inside a batch there is no single
+        # "current event" for Faust's table to take the changelog partition from.
+        self.sessions.data[key] = value
+        self.sessions.send_changelog(partition, key, value)
+
+    # --- agents ------------------------------------------------------------------
+
+    async def _audit_agent(self, stream: faust.StreamT) -> None:
+        async for batch in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
+            await self.process_raw_batch(batch)
+
+    async def process_raw_batch(self, batch: Sequence[EventT]) -> None:
+        pending: list[Awaitable[RecordMetadata]] = []
+        source = self.topic_name(EVENTS_RAW)
+        decoded: list[tuple[Any, Event]] = []
+        for ev in batch:
+            msg = ev.message
+            self.stats.consumed[source] += 1
+            try:
+                if msg.value is None:
+                    raise MalformedMessage("empty record (null value)")
+                decoded.append((msg, decode_event(msg.value)))
+            except MalformedMessage as e:
+                pending.append(await self._dead_letter(source, msg, e.message))
+        if any(
+            e.credential_id and self.identities.get(e.credential_id) is None for _, e in decoded
+        ):
+            # A credential is usually issued moments before its first use: let the view
+            # catch up once per batch before calling anything unknown.
+            await self.identities.catch_up()
+        for msg, event in decoded:
+            result = attribute(event, self.identities.get(event.credential_id))
+            out = result.event
+            if out.session_id and out.type in ("session.start", "session.end"):
+                summary = sessions.on_event(self._session(out.session_id), out)
+                self._store_session(msg.partition, summary)
+                out = sessions.enrich_end(out, summary)
+            pending.append(await self.events_audit.send(key=msg.key, value=out.to_json()))
+            self.stats.produced[EVENTS_AUDIT] += 1
+            if result.alert is not None:
+                self.stats.unattributed += 1
+                log.warning(
+                    "unattributed event",
+                    extra={
+                        "event_id": event.id,
+                        "session_id": event.session_id,
+                        "credential_id": event.credential_id,
+                        "user": event.user,
+                    },
+                )
+                alert = result.alert
+                pending.append(
+                    await self.alerts.send(key=(alert.user or "").encode(), value=alert.to_json())
+                )
+                self.stats.produced[ALERTS] += 1
+        # Durable output before the batch is acked (and so before its offsets commit).
+        await asyncio.gather(*pending)
+
+    async def _frames_agent(self, stream: faust.StreamT) -> None:
+        async for batch in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
+            await self.process_frames_batch(batch)
+
+    async def process_frames_batch(self, batch: Sequence[EventT]) -> None:
+        pending: list[Awaitable[RecordMetadata]] = []
+        source = self.topic_name(SESSION_FRAMES)
+        for ev in batch:
+            msg = ev.message
+            self.stats.consumed[source] += 1
+            try:
+                if msg.value is None:
+                    raise MalformedMessage("empty record (null value)")
+                frames = decode_frames(msg.value)
+            except MalformedMessage as e:
+                pending.append(await self._dead_letter(source, msg, e.message))
+                continue
+            if not frames:
+                continue
+            by_session: dict[str, list[Any]] = {}
+            for f in frames:
+                by_session.setdefault(f.session_id, []).append(f)
+            for session_id, group in by_session.items():
+                summary = sessions.on_frames(self._session(session_id), group)
+                self._store_session(msg.partition, summary)
+        await asyncio.gather(*pending)
+
+    async def _dead_letter(self, source: str, msg: Any, error: str) -> Awaitable[RecordMetadata]:
+        self.stats.dead_letters[source] += 1
+        log.warning(
+            "malformed record sent to dead-letter",
+            extra={
+                "topic": source,
+                "partition": msg.partition,
+                "offset": msg.offset,
+                "fields": {"error": error},
+            },
+        )
+        headers = {
+            "source_topic": source.encode(),
+            "source_partition": str(msg.partition).encode(),
+            "source_offset": str(msg.offset).encode(),
+            "error": error.encode()[:1024],
+        }
+        value = bytes(msg.value or b"")[:DEAD_LETTER_MAX_BYTES]
+        fut: Awaitable[RecordMetadata] = await self.dead_letter.send(
+            key=msg.key, value=value, headers=headers
+        )
+        return fut

@@ -1,0 +1,95 @@
+"""Attribution: tie an event on `events.raw` to the SSO identity behind its credential.
+
+Pure functions over plain data; the Faust agent in `streams.app` only moves bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Final
+
+import orjson
+from pydantic import ValidationError
+
+from auditcast.errors import MalformedMessage
+from auditcast.events import Event, Identity, Source
+
+# The collector name of the local PTY recorder: its events carry the OS user and no
+# credential, so the OS user is the identity (DESIGN §6, `auditcast rec`).
+LOCAL_RECORDER: Final = "pty"
+# Events that are themselves about attribution are passed on as they are.
+SELF_ATTRIBUTED_TYPES: Final = frozenset({"audit.unattributed", "lock.violation"})
+
+
+@dataclass(frozen=True)
+class Attributed:
+    """What attribution decided: the event to write to `events.audit`, maybe an alert."""
+
+    event: Event
+    alert: Event | None = None
+
+
+def parse_identity_record(raw: bytes) -> Identity:
+    """The `identity` of one `identities` record (docs/SEAMS.md), or MalformedMessage."""
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        raise MalformedMessage(f"identities record is not JSON: {e}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("identity"), dict):
+        raise MalformedMessage("identities record has no identity object")
+    try:
+        return Identity.model_validate(data["identity"])
+    except ValidationError as e:
+        first = e.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        raise MalformedMessage(
+            f"identities record: invalid identity.{loc}: {first['msg']}"
+        ) from None
+
+
+def attribute(event: Event, identity: Identity | None) -> Attributed:
+    """Fill `event.identity`.
+
+    - the credential is known: the identity from its `identities` record;
+    - a local recording (no credential, collector `pty`): the OS user;
+    - otherwise the event is passed on unattributed and an `audit.unattributed`
+      alert says which actor and credential could not be tied to a login.
+    """
+    if event.identity is not None or event.type in SELF_ATTRIBUTED_TYPES:
+        return Attributed(event)
+    if identity is not None:
+        return Attributed(event.model_copy(update={"identity": identity}))
+    if event.credential_id is None and _is_local(event) and event.user:
+        return Attributed(event.model_copy(update={"identity": Identity(user=event.user)}))
+    return Attributed(event, unattributed_alert(event))
+
+
+def _is_local(event: Event) -> bool:
+    return event.source is not None and event.source.collector == LOCAL_RECORDER
+
+
+def unattributed_alert(event: Event) -> Event:
+    """An `audit.unattributed` alert about an event no identity could be found for."""
+    reason = (
+        f"credential {event.credential_id} is unknown"
+        if event.credential_id
+        else "the event carries no credential"
+    )
+    fields: dict[str, Any] = {
+        "reason": reason,
+        "event_id": event.id,
+        "event_type": event.type,
+    }
+    return Event(
+        type="audit.unattributed",
+        user=event.user,
+        credential_id=event.credential_id,
+        cluster=event.cluster,
+        node=event.node,
+        labels=event.labels,
+        session_id=event.session_id,
+        source=Source(
+            collector="streams", instance=event.source.collector if event.source else None
+        ),
+        **fields,
+    )

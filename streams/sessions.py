@@ -1,0 +1,66 @@
+"""Session assembly: start, frames and end of one session folded into a summary.
+
+Pure state transitions over plain dicts (they live in a Faust table, JSON on its
+changelog); the agents in `streams.app` feed them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any, TypedDict
+
+from auditcast.events import Event, Frame
+
+
+class SessionSummary(TypedDict, total=False):
+    session_id: str
+    start: str  # RFC 3339 time of session.start
+    end: str  # RFC 3339 time of session.end
+    frames: int
+    bytes: int
+    last_seq: int
+
+
+def empty(session_id: str) -> SessionSummary:
+    return {"session_id": session_id, "frames": 0, "bytes": 0, "last_seq": -1}
+
+
+def on_event(summary: SessionSummary, event: Event) -> SessionSummary:
+    """Fold a session.start or session.end into the summary; other events leave it."""
+    out = dict(summary)
+    if event.type == "session.start":
+        out["start"] = event.to_dict()["time"]
+    elif event.type == "session.end":
+        out["end"] = event.to_dict()["time"]
+    return out  # type: ignore[return-value]
+
+
+def on_frames(summary: SessionSummary, frames: Iterable[Frame]) -> SessionSummary:
+    out = dict(summary)
+    count = out.get("frames", 0)
+    size = out.get("bytes", 0)
+    last = out.get("last_seq", -1)
+    for f in frames:
+        count += 1
+        size += len(f.data)
+        last = max(last, f.seq)
+    out.update(frames=count, bytes=size, last_seq=last)
+    return out  # type: ignore[return-value]
+
+
+def enrich_end(event: Event, summary: SessionSummary) -> Event:
+    """A session.end with `frames` and `duration` (seconds) added when the collector left
+    them out; values the collector sent are kept."""
+    if event.type != "session.end":
+        return event
+    extra: dict[str, Any] = event.model_extra or {}
+    update: dict[str, Any] = {}
+    if "frames" not in extra and summary.get("frames"):
+        update["frames"] = summary["frames"]
+    if "duration" not in extra and "start" in summary:
+        start = datetime.fromisoformat(summary["start"].replace("Z", "+00:00"))
+        update["duration"] = round(max(0.0, (event.time - start).total_seconds()), 6)
+    if not update:
+        return event
+    return Event.model_validate({**event.to_dict(), **update})
