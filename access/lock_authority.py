@@ -23,7 +23,7 @@ from typing import Any, Final
 
 from auditcast.access.access_db import connect
 from auditcast.access.lock_model import Lock, decode_lock
-from auditcast.access.publish import Publisher
+from auditcast.access.publish import Publisher, audit_event
 
 from auditcast.errors import AuditcastError, BrokerUnavailable, NotFound
 from auditcast.events import Event, Source
@@ -54,8 +54,8 @@ CREATE TABLE IF NOT EXISTS locks (
 
 
 def lock_event(event_type: str, lock: Lock, actor: str, **fields: Any) -> Event:
-    return Event(
-        type=event_type,
+    return audit_event(
+        event_type,
         user=actor or None,
         source=Source(collector="api"),
         lock_name=lock.name,
@@ -114,7 +114,7 @@ class LockAuthority:
             rows = self._db.execute("SELECT spec FROM locks ORDER BY rowid").fetchall()
         return [decode_lock(r["spec"]) for r in rows]
 
-    async def list(self, *, now: datetime | None = None) -> list[Lock]:
+    async def active(self, *, now: datetime | None = None) -> list[Lock]:
         """The active locks, oldest first (expired ones are being tombstoned)."""
         now = now or datetime.now(UTC)
         locks = await asyncio.to_thread(self._rows)
@@ -193,7 +193,7 @@ class LockAuthority:
         return gone
 
     async def republish(self) -> int:
-        locks = await self.list()
+        locks = await self.active()
         for lock in locks:
             await self.publisher.send(LOCKS, lock.name.encode(), lock.to_record())
         return len(locks)

@@ -24,10 +24,10 @@ from typing import Final
 
 import pyotp
 from auditcast.access.access_db import connect
-from auditcast.access.publish import Publisher
+from auditcast.access.publish import Publisher, audit_event
 
 from auditcast.errors import MFAInvalid, MFARequired
-from auditcast.events import Event, Source
+from auditcast.events import Source
 from auditcast.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
@@ -183,8 +183,8 @@ class MFAService:
         # The confirming code is spent: it cannot open a session right after.
         await asyncio.to_thread(self.store.claim_step, user, step, now)
         await self.publisher.emit_quietly(
-            Event(
-                type="mfa.enrolled",
+            audit_event(
+                "mfa.enrolled",
                 user=user,
                 source=Source(collector=self.collector),
                 mfa_device=name,
@@ -217,8 +217,8 @@ class MFAService:
                 raise MFAInvalid(
                     "this MFA code was already used", hint="wait for the next code and try again"
                 )
-            event = Event(
-                type="mfa.verified",
+            event = audit_event(
+                "mfa.verified",
                 user=user,
                 source=Source(collector=self.collector, remote_addr=context.get("remote_addr")),
                 mfa_device=device.name,
@@ -234,8 +234,8 @@ class MFAService:
     async def _failed(self, user: str, reason: str, **context: str | None) -> None:
         log.warning("MFA refused for %s: %s", user, reason, extra={"user": user})
         await self.publisher.emit_quietly(
-            Event(
-                type="auth.failed",
+            audit_event(
+                "auth.failed",
                 user=user,
                 source=Source(collector=self.collector, remote_addr=context.get("remote_addr")),
                 reason=reason,
@@ -270,6 +270,8 @@ async def verify_session_mfa(
 
     Returns None when `code` is a fresh valid code of one of `user`'s devices; raises
     MFAInvalid (wrong, malformed or replayed code) or MFARequired (no device).
-    `context` (session_id, cluster, node, remote_addr) goes into the audit events.
+    `context` (session_id, cluster, node, remote_addr) goes into the audit events;
+    `collector="ssh-gateway"` names the caller in their `source`.
     """
-    await (service or mfa_service(settings)).verify(user, code, **context)
+    collector = context.pop("collector", None) or "api"
+    await (service or mfa_service(settings, collector=collector)).verify(user, code, **context)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Final
+from typing import Any, Final
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
@@ -25,6 +25,11 @@ log = logging.getLogger(__name__)
 
 # A lock or audit event that cannot be written in this time is reported, not hung on.
 SEND_TIMEOUT_S: Final = 5.0
+
+
+def audit_event(event_type: str, **fields: Any) -> Event:
+    """An envelope with type-specific fields riding along as extras."""
+    return Event(type=event_type, **fields)
 
 
 class Publisher:

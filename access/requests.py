@@ -26,11 +26,11 @@ from typing import Any, Final, Literal, Protocol
 import orjson
 from auditcast.access.access_db import connect
 from auditcast.access.notify import post_webhook, request_message
-from auditcast.access.publish import Publisher
+from auditcast.access.publish import Publisher, audit_event
 from pydantic import BaseModel, ConfigDict, Field, field_serializer
 
 from auditcast.errors import AccessDenied, AuditcastError, NotFound
-from auditcast.events import Event, Source, format_time, new_event_id
+from auditcast.events import Source, format_time, new_event_id
 from auditcast.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
@@ -268,8 +268,8 @@ class RequestService:
         await asyncio.to_thread(self.store.put, req)
         log.info("access request created", extra={"user": user, "fields": {"request": req.id}})
         await self.publisher.emit_quietly(
-            Event(
-                type="access_request.created",
+            audit_event(
+                "access_request.created",
                 user=user,
                 source=Source(collector="api"),
                 request_id=req.id,
@@ -283,7 +283,7 @@ class RequestService:
     async def get(self, request_id: str) -> AccessRequest:
         return await asyncio.to_thread(self.store.get, request_id)
 
-    async def list(self, user: str, user_roles: list[str]) -> list[AccessRequest]:
+    async def visible(self, user: str, user_roles: list[str]) -> list[AccessRequest]:
         """The caller's own requests and those the caller may review."""
         policies = self.policies()
         reqs = await asyncio.to_thread(self.store.all)
@@ -316,8 +316,8 @@ class RequestService:
             "access request %s", req.state, extra={"user": reviewer, "fields": {"request": req.id}}
         )
         await self.publisher.emit_quietly(
-            Event(
-                type="access_request.reviewed",
+            audit_event(
+                "access_request.reviewed",
                 user=reviewer,
                 source=Source(collector="api"),
                 request_id=req.id,

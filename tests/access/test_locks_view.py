@@ -115,7 +115,7 @@ async def test_lock_expiry_writes_a_tombstone(settings: Settings) -> None:
         # the view stops matching by its own clock, before any tombstone
         assert view.check(subject, now=lock.expires) is None
         await wait_for(lambda: "short" not in view._index.locks, 5, "the expiry tombstone")
-        assert await authority.list() == []
+        assert await authority.active() == []
     finally:
         await view.stop()
         await authority.stop()

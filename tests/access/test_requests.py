@@ -150,8 +150,8 @@ async def test_request_create_review_flow_with_events_and_webhook(
         assert created["blocks"][-1]["elements"][0]["url"] == f"{api}/requests/{req.id}"
 
         # the contractor sees their request; another contractor cannot approve it
-        assert [r.id for r in await service.list("carol", ["contractor"])] == [req.id]
-        assert await service.list("dave", ["contractor"]) == []
+        assert [r.id for r in await service.visible("carol", ["contractor"])] == [req.id]
+        assert await service.visible("dave", ["contractor"]) == []
         with pytest.raises(AccessDenied):
             await service.review(req.id, "dave", ["contractor"], approve=True)
         with pytest.raises(AccessDenied, match="your own"):
@@ -160,7 +160,7 @@ async def test_request_create_review_flow_with_events_and_webhook(
             approved_roles(req.id, "carol", settings=settings)
 
         # an admin sees it and approves it
-        assert [r.id for r in await service.list("alice", ["admin"])] == [req.id]
+        assert [r.id for r in await service.visible("alice", ["admin"])] == [req.id]
         done = await service.review(req.id, "alice", ["admin"], approve=True, reason="ok")
         assert done.state == "approved"
         reviewed = await asyncio.wait_for(webhook.received.get(), 5)
