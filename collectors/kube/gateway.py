@@ -67,6 +67,11 @@ MAX_BODY_BYTES: Final = 3 * 1024 * 1024
 # Back-pressure: at most this much of a streamed answer waits in our buffers.
 STREAM_CHUNK: Final = 64 * 1024
 WS_MAX_MSG: Final = 16 * 1024 * 1024
+# kubectl sends the same token on every call for its lifetime; re-checking an EdDSA
+# signature each time costs more than the rest of the request path. A verified token is
+# trusted for at most this long (and never past its `exp`); locks are checked every time.
+TOKEN_CACHE_SECONDS: Final = 30.0
+TOKEN_CACHE_SIZE: Final = 10_000
 
 
 class TokenVerifier(Protocol):
@@ -154,6 +159,7 @@ class KubeGateway:
         self.max_body_bytes = max_body_bytes
         self.live: set[LiveStream] = set()
         self.stats = GatewayStats()
+        self._tokens: dict[tuple[str, str], tuple[KubeClaims, float]] = {}
         self._sessions: dict[str, aiohttp.ClientSession] = {}
         self._ssl: dict[str, ssl.SSLContext] = {}
         self._remove_listener: Callable[[], None] | None = None
@@ -243,6 +249,22 @@ class KubeGateway:
             )
 
     # the request path ------------------------------------------------------------------
+    def _verified(self, token: str, cluster: str) -> KubeClaims:
+        now = time.time()
+        hit = self._tokens.get((token, cluster))
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        claims = self.verify(token, cluster)
+        until = now + TOKEN_CACHE_SECONDS
+        if claims.expires is not None:
+            until = min(until, claims.expires)
+        if len(self._tokens) >= TOKEN_CACHE_SIZE:
+            self._tokens = {k: v for k, v in self._tokens.items() if v[1] > now}
+            if len(self._tokens) >= TOKEN_CACHE_SIZE:
+                self._tokens.clear()
+        self._tokens[(token, cluster)] = (claims, until)
+        return claims
+
     def _refuse(self, code: int, doc: dict[str, Any]) -> web.Response:
         self.stats.refused += 1
         return web.Response(status=code, body=orjson.dumps(doc), content_type="application/json")
@@ -288,7 +310,7 @@ class KubeGateway:
         try:
             if not token:
                 raise InvalidToken("no bearer token: kubectl must use the auditcast exec plugin")
-            claims = self.verify(token, cluster.name)
+            claims = self._verified(token, cluster.name)
             subject = self.subject_of(claims)
             self._check_lock(claims, subject)
             authorize_cluster(claims, cluster.labels, self.roles)

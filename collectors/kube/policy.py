@@ -43,6 +43,7 @@ class KubeClaims:
     kube_users: tuple[str, ...] = ()
     kube_groups: tuple[str, ...] = ()
     mfa: bool = False
+    expires: float | None = None  # `exp`, seconds since the epoch
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -60,6 +61,7 @@ class KubeClaims:
             kube_users=tup("kube_users"),
             kube_groups=tup("kube_groups"),
             mfa=bool(c.get("mfa")),
+            expires=float(c["exp"]) if isinstance(c.get("exp"), int | float) else None,
         )
 
 
