@@ -166,11 +166,17 @@ current-context: {cluster}
 
 
 @contextlib.contextmanager
-def running_kube_env(tmp_path: Path, settings: Settings | None = None) -> Iterator[KubeEnv]:
-    """Upstream double + gateway; with `settings`, a real LockView on the broker too."""
+def running_kube_env(
+    tmp_path: Path, settings: Settings | None = None, audit: tuple[str, Path] | None = None
+) -> Iterator[KubeEnv]:
+    """Upstream double + gateway; with `settings`, a real LockView on the broker too;
+    with `audit` (webhook URL, its CA), the double posts audit EventLists there."""
     home = tmp_path / "home"
     home.mkdir(exist_ok=True)
-    with ThreadedApiServer(demo_spec(tmp_path / "upstream")) as upstream:
+    overrides: dict[str, Any] = {}
+    if audit:
+        overrides = {"audit_webhook_url": audit[0], "audit_webhook_ca": audit[1]}
+    with ThreadedApiServer(demo_spec(tmp_path / "upstream", **overrides)) as upstream:
         ca = TestCA.create("auditcast-test-host-ca")
         ca_path, crt, key = ca.write(tmp_path / "gw-pki", "kube-gateway")
         tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

@@ -27,6 +27,7 @@ def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 @dataclass(frozen=True)
 class TestCA:
+    __test__ = False  # not a pytest test class
     cert: x509.Certificate
     key: ec.EllipticCurvePrivateKey
 
