@@ -252,3 +252,22 @@ def test_watch_streams_without_buffering_and_records_start_and_end(kube_env: Kub
     assert wait_until(lambda: any(getattr(e, "phase", "") == "end" for e in kube_env.sink.events))
     watch = [e for e in kube_env.sink.of_type("kube.request") if getattr(e, "verb", "") == "watch"]
     assert sorted(e.phase for e in watch) == ["end", "start"]  # type: ignore[attr-defined]
+
+
+def test_role_labels_and_session_mfa_are_enforced_before_the_cluster(kube_env: KubeEnv) -> None:
+    from tests.kube.test_policy import ROLES
+
+    kube_env.gateway.gateway.roles = ROLES
+    url = f"{kube_env.gateway.url}/cluster/prod-cluster/api/v1/namespaces/dev/pods"
+    dev_on_prod = kube_env.mint.mint("alice", cluster="prod-cluster", roles=("dev",))
+    admin_no_mfa = kube_env.mint.mint("alice", cluster="prod-cluster", roles=("prod-admin",))
+    admin_mfa = kube_env.mint.mint("alice", cluster="prod-cluster", roles=("prod-admin",), mfa=True)
+    with _client() as http:
+        denied = http.get(url, headers={"Authorization": f"Bearer {dev_on_prod}"})
+        no_mfa = http.get(url, headers={"Authorization": f"Bearer {admin_no_mfa}"})
+        assert kube_env.upstream_requests() == 0
+        ok = http.get(url, headers={"Authorization": f"Bearer {admin_mfa}"})
+    assert denied.status_code == 403
+    assert "may not access cluster prod-cluster (env=prod)" in denied.json()["message"]
+    assert no_mfa.status_code == 401 and "requires per-session MFA" in no_mfa.json()["message"]
+    assert ok.status_code == 200 and kube_env.upstream_requests() == 1
