@@ -182,6 +182,13 @@ def _cert_info(blob: bytes) -> CertInfo:
 _TENTATIVE: Final = frozenset({"plain_key", "mfa_required"})
 
 
+def _rank(r: Refusal | None) -> int:
+    """Which refusal explains a failed connection best: the most specific one seen."""
+    if r is None:
+        return 0
+    return {"plain_key": 1, "mfa_required": 2}.get(r.reason, 3)
+
+
 class _ClientConnection(asyncssh.SSHServer):
     """One user's connection: authentication, then sessions relayed to one node."""
 
@@ -258,7 +265,10 @@ class _ClientConnection(asyncssh.SSHServer):
         mfa = self.gw.policy.mfa
         if not self.mfa_pending or mfa is None or len(responses) != 1:
             return False
-        ok = await mfa.verify(self.mfa_user, responses[0].strip())
+        code = responses[0].strip()
+        if not code:  # a client that cannot prompt (BatchMode) answers with nothing
+            return False
+        ok = await mfa.verify(self.mfa_user, code)
         if not ok:
             self._refuse(Refusal("mfa_invalid", "auditcast: that MFA code is not valid"))
             return False
@@ -271,7 +281,7 @@ class _ClientConnection(asyncssh.SSHServer):
         self.refusal = None
 
     def _refuse(self, refusal: Refusal, *, banner: bool = True, **fields: Any) -> bool:
-        if self.refusal is None or self.refusal.reason in _TENTATIVE:
+        if _rank(refusal) > _rank(self.refusal):
             self.refusal = refusal
             self.refusal_fields = fields
         if refusal.reason not in _TENTATIVE and not self._emitted:

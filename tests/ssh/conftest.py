@@ -12,6 +12,7 @@ import asyncio
 import os
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from auditcast.events import Event
 from auditcast.settings import Settings
 from tests.ssh.nodes import SSH_KEYGEN, SshdNode, sshd_available, start_node
 
@@ -187,6 +189,18 @@ class RunningGateway:
 
     def flush(self) -> None:
         assert self.runner.call(self.spool.flush(10.0)), "spool did not drain to the broker"
+
+    def events(self, until: Callable[[list[Event]], bool], timeout: float = 20.0) -> list[Event]:
+        """Events on `events.raw` once `until(events)` holds. Some are written when the
+        gateway notices a hang-up, after the client has exited: flush and read again."""
+        from tests.ssh.harness import read_events
+
+        deadline = time.monotonic() + timeout
+        while True:
+            self.flush()
+            events = read_events(self.settings, until, 2.0)
+            if until(events) or time.monotonic() > deadline:
+                return events
 
 
 @pytest.fixture

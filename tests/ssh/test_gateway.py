@@ -15,7 +15,7 @@ from auditcast.access.publish import Publisher
 from auditcast.events import Event
 from auditcast.topics import LOCKS
 from tests.ssh.conftest import RunningGateway, UserCert
-from tests.ssh.harness import input_of, output_of, read_events, read_frames, session_frames
+from tests.ssh.harness import input_of, output_of, read_frames, session_frames
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -70,8 +70,7 @@ def test_certificate_login_gets_a_shell_and_the_recording_matches_the_screen(
     child.close()
     assert child.exitstatus == 7
 
-    ssh_gateway.flush()
-    events = read_events(ssh_gateway.settings, lambda ev: bool(of_type(ev, "session.end")))
+    events = ssh_gateway.events(lambda ev: bool(of_type(ev, "session.end")))
     start, end = of_type(events, "session.start")[0], of_type(events, "session.end")[0]
     for e in (start, end):
         assert e.user == "alice" and e.credential_id == cert.credential_id
@@ -110,8 +109,7 @@ def test_exec_command_is_an_ssh_exec_event_with_its_output_recorded(
     assert r.returncode == 5, r.stderr
     assert r.stdout == b"out-5\n" and r.stderr == b"err\n"
 
-    ssh_gateway.flush()
-    events = read_events(ssh_gateway.settings, lambda ev: bool(of_type(ev, "ssh.exec")))
+    events = ssh_gateway.events(lambda ev: bool(of_type(ev, "ssh.exec")))
     (ex,) = of_type(events, "ssh.exec")
     assert extra(ex, "command") == "echo out-$((2+3)); echo err >&2; exit 5"
     assert extra(ex, "exit_code") == 5
@@ -153,8 +151,7 @@ def test_refused_connections_say_why_emit_auth_failed_and_never_reach_the_node(
     assert r.returncode == 255
     assert message in r.stderr.decode(), r.stderr
     assert b"Permission denied" in r.stderr
-    ssh_gateway.flush()
-    events = read_events(ssh_gateway.settings, lambda ev: bool(of_type(ev, "auth.failed")))
+    events = ssh_gateway.events(lambda ev: bool(of_type(ev, "auth.failed")))
     (failed,) = of_type(events, "auth.failed")
     assert extra(failed, "reason") == reason
     assert failed.source is not None and failed.source.remote_addr == "127.0.0.1"
@@ -182,9 +179,7 @@ def test_lock_ends_a_live_session_with_a_notice_and_refuses_the_reconnect(
     assert r.returncode == 255
     assert f"lock {name} in force: incident 4711" in r.stderr.decode()
 
-    ssh_gateway.flush()
-    events = read_events(
-        ssh_gateway.settings,
+    events = ssh_gateway.events(
         lambda ev: bool(of_type(ev, "session.end")) and bool(of_type(ev, "auth.failed")),
     )
     (end,) = of_type(events, "session.end")
