@@ -50,6 +50,8 @@ from auditcast.collectors.kube.policy import (
 )
 from auditcast.collectors.kube.requestinfo import RequestInfo, is_follow_logs, parse_request_info
 from auditcast.collectors.kube.upstreams import UpstreamCluster
+from multidict import CIMultiDict
+from yarl import URL
 
 from auditcast.errors import AccessError, InvalidToken, Locked
 from auditcast.events import Event, Source, new_event_id
@@ -325,14 +327,8 @@ class KubeGateway:
         if request.headers.get("Upgrade", "").lower() == "websocket":
             return await self._websocket(request, cluster, claims, subject, info, headers, base, t0)
         if request.headers.get("Upgrade"):
-            return self._refuse(
-                400,
-                status_doc(
-                    400,
-                    "BadRequest",
-                    f"auditcast: {request.headers['Upgrade']} upgrades are not proxied; "
-                    "use kubectl 1.30 or newer (WebSocket streams)",
-                ),
+            return await self._raw_upgrade(
+                request, cluster, claims, subject, info, headers, base, t0
             )
         return await self._forward(
             request, cluster, claims, subject, info, headers, base, t0, upstream_path
@@ -650,6 +646,156 @@ class KubeGateway:
             self._emit(fields)
         return ws
 
+    # SPDY (kubectl before 1.30, or its fallback when a WebSocket upgrade fails) ----------
+    async def _raw_upgrade(
+        self,
+        request: web.Request,
+        cluster: UpstreamCluster,
+        claims: KubeClaims,
+        subject: Any,
+        info: RequestInfo,
+        headers: Any,
+        base: dict[str, Any],
+        t0: float,
+    ) -> web.StreamResponse:
+        """Relay an `Upgrade: SPDY/3.1` stream byte for byte. Recorded as kube.request
+        start/end events, but its channels are not decoded into a session recording."""
+        upgrade = request.headers["Upgrade"]
+        if not upgrade.upper().startswith("SPDY/"):
+            return self._refuse(
+                400,
+                status_doc(400, "BadRequest", f"auditcast: {upgrade} upgrades are not proxied"),
+            )
+        up_url = URL(cluster.url)
+        host, port = up_url.host or "", up_url.port or 443
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(
+                    host, port, ssl=self._ssl[cluster.name], server_hostname=host, limit=2**16
+                ),
+                10,
+            )
+        except (OSError, TimeoutError) as e:
+            return self._refuse(
+                502, status_doc(502, "BadGateway", f"auditcast: cluster {cluster.name}: {e}")
+            )
+        target = info.path + ("?" + request.query_string if request.query_string else "")
+        lines = [f"{request.method} {target} HTTP/1.1", f"Host: {host}:{port}"]
+        lines += [f"{k}: {v}" for k, v in headers.items()]
+        lines += ["Connection: Upgrade", f"Upgrade: {upgrade}", "Content-Length: 0"]
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+            status_line, *header_lines = head.decode("latin-1").split("\r\n")
+            code = int(status_line.split(" ", 2)[1])
+        except (
+            asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError,
+            ValueError,
+            IndexError,
+            TimeoutError,
+            OSError,
+        ) as e:
+            writer.close()
+            return self._refuse(
+                502, status_doc(502, "BadGateway", f"auditcast: bad upgrade answer: {e}")
+            )
+        up_headers: CIMultiDict[str] = CIMultiDict()
+        for line in header_lines:
+            if ":" in line:
+                k, v = line.split(":", 1)
+                up_headers.add(k.strip(), v.strip())
+        if code != 101:
+            length = int(up_headers.get("Content-Length", "0") or 0)
+            body = await reader.readexactly(min(length, self.max_body_bytes)) if length else b""
+            writer.close()
+            self._emit(
+                {
+                    **base,
+                    "response_code": code,
+                    "protocol": upgrade,
+                    "latency_ms": round((time.monotonic() - t0) * 1000, 3),
+                }
+            )
+            keep = ("Content-Type", "Audit-Id")
+            return web.Response(
+                status=code, body=body, headers={k: up_headers[k] for k in keep if k in up_headers}
+            )
+        resp = web.StreamResponse(status=101)
+        for k in ("Connection", "Upgrade", "X-Stream-Protocol-Version", "Audit-Id"):
+            if k in up_headers:
+                resp.headers[k] = up_headers[k]
+        await resp.prepare(request)
+        self._emit(
+            {
+                **base,
+                "response_code": 101,
+                "phase": "start",
+                "long_running": True,
+                "protocol": upgrade,
+                "recorded": False,
+            }
+        )
+        transport = request.transport
+        assert transport is not None
+        incoming: asyncio.Queue[bytes | None] = asyncio.Queue()
+        request.protocol.set_parser(_RawReader(incoming, transport))  # type: ignore[arg-type]
+        counts = {"in": 0, "out": 0}
+        relay_task = asyncio.current_task()
+
+        async def close(reason: str) -> None:
+            writer.close()
+            transport.close()
+            if relay_task is not None:
+                relay_task.cancel()
+
+        live = LiveStream(claims, subject, close, info.subresource or "spdy")
+        self.live.add(live)
+
+        async def client_to_up() -> None:
+            while (data := await incoming.get()) is not None:
+                counts["in"] += len(data)
+                if incoming.qsize() < _RawReader.RESUME_AT:
+                    transport.resume_reading()
+                writer.write(data)
+                await writer.drain()
+            writer.write_eof() if writer.can_write_eof() else None
+
+        async def up_to_client() -> None:
+            while data := await reader.read(STREAM_CHUNK):
+                counts["out"] += len(data)
+                transport.write(data)
+
+        tasks = [asyncio.create_task(client_to_up()), asyncio.create_task(up_to_client())]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            if not live.closed_by_lock:
+                raise
+        finally:
+            for t in tasks:
+                t.cancel()
+            self.live.discard(live)
+            writer.close()
+            transport.close()
+            end = {
+                **base,
+                "id": new_event_id(),
+                "request_id": base["id"],
+                "phase": "end",
+                "long_running": True,
+                "response_code": 101,
+                "protocol": upgrade,
+                "recorded": False,
+                "bytes_in": counts["in"],
+                "bytes_out": counts["out"],
+                "latency_ms": round((time.monotonic() - t0) * 1000, 3),
+            }
+            if live.closed_by_lock:
+                end["closed_by_lock"] = live.closed_by_lock
+            self._emit(end)
+        return resp
+
     async def _start_recording(
         self,
         request: web.Request,
@@ -697,6 +843,26 @@ async def _send(ws: Any, codec: ChannelCodec, event: ChannelEvent) -> None:
         await ws.send_str(msg)
     else:
         await ws.send_bytes(msg)
+
+
+class _RawReader:
+    """Takes the client's bytes after an upgrade (aiohttp's payload-parser slot)."""
+
+    PAUSE_AT: Final = 64
+    RESUME_AT: Final = 16
+
+    def __init__(self, queue: asyncio.Queue[bytes | None], transport: asyncio.Transport) -> None:
+        self.queue = queue
+        self.transport = transport
+
+    def feed_data(self, data: bytes) -> tuple[bool, bytes]:
+        self.queue.put_nowait(bytes(data))
+        if self.queue.qsize() >= self.PAUSE_AT:
+            self.transport.pause_reading()
+        return False, b""
+
+    def feed_eof(self) -> None:
+        self.queue.put_nowait(None)
 
 
 class _Tap:

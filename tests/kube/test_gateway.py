@@ -271,3 +271,23 @@ def test_role_labels_and_session_mfa_are_enforced_before_the_cluster(kube_env: K
     assert "may not access cluster prod-cluster (env=prod)" in denied.json()["message"]
     assert no_mfa.status_code == 401 and "requires per-session MFA" in no_mfa.json()["message"]
     assert ok.status_code == 200 and kube_env.upstream_requests() == 1
+
+
+def test_forbidden_exec_shows_the_clusters_403_after_kubectls_spdy_fallback(
+    kube_env: KubeEnv,
+) -> None:
+    env = kube_env.kubeconfig(kube_env.mint.mint("alice", kube_groups=("viewers",)))
+    r = kubectl(env, "exec", "-n", "dev", "web-0", "--", "true")
+    assert r.returncode == 1
+    assert (
+        'pods "web-0" is forbidden: User "alice" cannot create resource "pods/exec" '
+        'in API group "" in the namespace "dev"' in r.stderr
+    )
+    # the WebSocket attempt, then kubectl's SPDY fallback: both reached the cluster
+    # as alice and both were recorded
+    execs = [s for s in kube_env.upstream.seen if s.path.endswith("/exec")]
+    assert [s.method for s in execs] == ["GET", "POST"]
+    assert {s.impersonated for s in execs} == {"alice"}
+    spdy = [e for e in kube_env.sink.of_type("kube.request") if getattr(e, "protocol", "")]
+    assert spdy and spdy[0].response_code == 403  # type: ignore[attr-defined]
+    assert spdy[0].protocol.startswith("SPDY/")  # type: ignore[attr-defined]

@@ -780,7 +780,8 @@ ADMIN_TOKEN = "direct-admin-token"
 
 def demo_spec(workdir: Path, **overrides: Any) -> ClusterSpec:
     """The cluster the tests use: the gateway may impersonate; group `devs` may read pods
-    and exec in namespace `dev`; an admin token reaches the server directly (bypass)."""
+    and exec in namespace `dev`, group `viewers` may only read them there; an admin
+    token reaches the server directly (bypass)."""
     spec = ClusterSpec(
         tokens={GATEWAY_TOKEN: (GATEWAY_USER, []), ADMIN_TOKEN: (ADMIN_USER, ["system:masters"])},
         impersonators={GATEWAY_USER},
@@ -789,6 +790,12 @@ def demo_spec(workdir: Path, **overrides: Any) -> ClusterSpec:
                 verbs={"get", "list", "watch", "create"},
                 resources={"pods", "pods/exec", "pods/attach", "pods/log"},
                 groups={"devs"},
+                namespace="dev",
+            ),
+            Rule(
+                verbs={"get", "list", "watch"},
+                resources={"pods", "pods/log"},
+                groups={"viewers"},
                 namespace="dev",
             ),
             Rule(verbs={"*"}, resources={"*"}, groups={"system:masters"}),
