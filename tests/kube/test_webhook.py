@@ -4,6 +4,8 @@ a request made directly (bypassing the gateway) raises audit.unattributed."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import ssl
 import subprocess
 import threading
@@ -56,6 +58,9 @@ class WebhookThread:
 
     def __exit__(self, *exc: object) -> None:
         self.follower.cancel()
+        with contextlib.suppress(concurrent.futures.CancelledError, Exception):
+            self.follower.result(5)
+        self.call(asyncio.sleep(0.1))  # let the consumer's cancellation finish
         self.call(self.hook.stop())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
