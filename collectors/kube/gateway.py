@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import logging
 import ssl
@@ -199,9 +200,7 @@ class KubeGateway:
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port, ssl_context=ssl_context, backlog=512)
         await site.start()
-        server = site._server
-        assert server is not None
-        self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.port = _bound_port(site)
 
     async def stop(self) -> None:
         if self._remove_listener:
@@ -232,10 +231,10 @@ class KubeGateway:
                 message = f"access locked by {lock.name}" + (
                     f": {lock.message}" if getattr(lock, "message", "") else ""
                 )
-                task = asyncio.get_running_loop().create_task(s.close(message))
-                task.add_done_callback(lambda _t, s=s: self._closed(s, seen))
+                task = asyncio.ensure_future(s.close(message))
+                task.add_done_callback(functools.partial(self._closed, s, seen))
 
-    def _closed(self, s: LiveStream, seen: float) -> None:
+    def _closed(self, s: LiveStream, seen: float, _task: object = None) -> None:
         s.closed_at = time.monotonic()
         self.stats.lock_closures.append(s.closed_at - seen)
 
@@ -843,6 +842,13 @@ async def _send(ws: Any, codec: ChannelCodec, event: ChannelEvent) -> None:
         await ws.send_str(msg)
     else:
         await ws.send_bytes(msg)
+
+
+def _bound_port(site: web.TCPSite) -> int:
+    """The port a site bound (for port 0): aiohttp keeps its asyncio server private."""
+    server = site._server
+    assert isinstance(server, asyncio.Server)
+    return int(server.sockets[0].getsockname()[1])
 
 
 class _RawReader:

@@ -146,7 +146,7 @@ REASONS: Final = {400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 431:
 
 def refusal(err: AccessError | Exception, code: int | None = None) -> dict[str, Any]:
     """A Kubernetes `Status` for one of our own refusals, naming why."""
-    status = code or getattr(err, "http_status", 403)
+    status: int = code or int(getattr(err, "http_status", 403))
     message = getattr(err, "message", str(err))
     hint = getattr(err, "hint", "")
     if hint:

@@ -30,6 +30,7 @@ from auditcast.collectors.kube.auditlog import (
     parse_event_list,
     unattributed_reason,
 )
+from auditcast.collectors.kube.gateway import _bound_port
 
 from auditcast.events import Event, Source
 from auditcast.topics import ALERTS
@@ -83,9 +84,7 @@ class AuditWebhook:
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port, ssl_context=ssl_context)
         await site.start()
-        server = site._server
-        assert server is not None
-        self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.port = _bound_port(site)
         self._task = asyncio.create_task(self._judge_pending())
 
     async def stop(self) -> None:
@@ -161,12 +160,8 @@ class AuditWebhook:
         try:
             self.sink.append_event(Event(type="kube.audit", user=user, **fields))
             if verdict == "unattributed":
-                alert = Event(
-                    type="audit.unattributed",
-                    user=user,
-                    reason=unattributed_reason(record, self.gateway_users),
-                    **fields,
-                )
+                fields["reason"] = unattributed_reason(record, self.gateway_users)
+                alert = Event(type="audit.unattributed", user=user, **fields)
                 self.sink.append_event(alert)
                 self.sink.append(ALERTS, alert.key, alert.to_json())
         except Exception:
