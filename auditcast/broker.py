@@ -46,6 +46,8 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def port_is_free(host: str, port: int) -> bool:
     with socket.socket() as s:
+        # As a server binds: TIME_WAIT leftovers of a broker that just died don't count.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:
