@@ -1,0 +1,117 @@
+"""`kubectl exec -it` through the gateway, typed into a real PTY: the recording that
+reaches Kafka (spool → session.frames, events.raw) holds exactly what the user saw,
+the resizes, and the exit code, and is linked to the kube.request that opened it."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pexpect
+import pytest
+
+from auditcast.events import Frame, decode_frames
+from auditcast.kafka import start_consumer
+from auditcast.settings import Settings
+from auditcast.topics import EVENTS_RAW, SESSION_FRAMES
+from tests.kube.conftest import running_kube_env
+
+session_mod = pytest.importorskip("auditcast.collectors.session")
+spool_mod = pytest.importorskip("auditcast.collectors.spool")
+
+
+async def read_topic(
+    settings: Settings, name: str, until: Callable[[list[Any]], bool]
+) -> list[Any]:
+    consumer = await start_consumer(settings, [name], None)
+    got: list[Any] = []
+    try:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and not until(got):
+            batches = await consumer.getmany(timeout_ms=200)
+            for records in batches.values():
+                got.extend(r.value for r in records)
+    finally:
+        await consumer.stop()
+    return got
+
+
+def test_interactive_exec_is_recorded_exactly_as_the_user_saw_it(
+    tmp_path: Path, make_settings: Callable[..., Settings]
+) -> None:
+    settings = make_settings()
+    with running_kube_env(tmp_path) as env:
+        spool = spool_mod.Spool(settings, "kube-gateway-test")
+        env.gateway.call(spool.start())
+
+        def recorder(kind: str, **fields: Any) -> Any:
+            return session_mod.SessionRecorder(spool, kind=kind, **fields)
+
+        env.gateway.gateway.recorder = recorder
+        env.gateway.gateway.sink = spool
+        kenv = env.kubeconfig(env.mint.mint("alice"))
+        screen = io.BytesIO()
+        sh = pexpect.spawn(
+            "kubectl",
+            ["exec", "-it", "-n", "dev", "web-0", "--", "sh"],
+            env=kenv,
+            timeout=15,
+            dimensions=(24, 80),
+        )
+        sh.logfile_read = screen
+        sh.expect_exact("web-0$ ")
+        sh.sendline("echo hello $((6*7))")
+        sh.expect_exact("hello 42")
+        sh.setwinsize(40, 120)
+        time.sleep(0.3)  # the resize travels kubectl → gateway → shell
+        sh.sendline("stty size")
+        sh.expect_exact("40 120")
+        sh.sendline("exit 5")
+        sh.expect(pexpect.EOF)
+        sh.close()
+        assert sh.exitstatus == 5
+        assert env.gateway.call(spool.flush(10))
+        env.gateway.call(spool.close(5))
+
+    events = [
+        orjson.loads(v)
+        for v in asyncio.run(
+            read_topic(settings, EVENTS_RAW, lambda got: any(b"session.end" in v for v in got))
+        )
+    ]
+    start = next(e for e in events if e["type"] == "session.start")
+    end = next(e for e in events if e["type"] == "session.end")
+    opened = next(
+        e
+        for e in events
+        if e["type"] == "kube.request"
+        and e.get("subresource") == "exec"
+        and e.get("phase") == "start"
+    )
+    assert start["kube_request_id"] == opened["id"]
+    assert (start["pod"], start["namespace"], start["cluster"]) == ("web-0", "dev", "dev-cluster")
+    assert start["command"] == ["sh"] and start["user"] == "alice"
+    assert end["exit_code"] == 5
+
+    sid = start["session_id"]
+    raw = asyncio.run(
+        read_topic(
+            settings,
+            SESSION_FRAMES,
+            lambda got: any(f.kind == "x" for v in got for f in decode_frames(v)),
+        )
+    )
+    frames: list[Frame] = sorted(
+        (f for v in raw for f in decode_frames(v) if f.session_id == sid), key=lambda f: f.seq
+    )
+    output = b"".join(f.data for f in frames if f.kind == "o")
+    assert output == screen.getvalue()
+    typed = b"".join(f.data for f in frames if f.kind == "i")
+    assert typed == b"echo hello $((6*7))\nstty size\nexit 5\n"
+    resizes = [f.data for f in frames if f.kind == "r"]
+    assert resizes[-1] in (b"120x40", b'{"cols":120,"rows":40}') or b"120" in resizes[-1]
