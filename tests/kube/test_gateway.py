@@ -291,3 +291,44 @@ def test_forbidden_exec_shows_the_clusters_403_after_kubectls_spdy_fallback(
     spdy = [e for e in kube_env.sink.of_type("kube.request") if getattr(e, "protocol", "")]
     assert spdy and spdy[0].response_code == 403  # type: ignore[attr-defined]
     assert spdy[0].protocol.startswith("SPDY/")  # type: ignore[attr-defined]
+
+
+def test_oversized_request_body_gets_413_and_no_upstream_request(kube_env: KubeEnv) -> None:
+    token = kube_env.mint.mint("alice")
+    with _client() as http:
+        r = http.post(
+            f"{kube_env.gateway.url}/cluster/dev-cluster/api/v1/namespaces/dev/pods",
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+            content=b"{" + b" " * (4 * 1024 * 1024) + b"}",
+        )
+    assert r.status_code == 413
+    assert "request body exceeds the 3145728-byte limit" in r.json()["message"]
+    assert kube_env.upstream_requests() == 0
+
+
+def test_logs_follow_streams_lines_as_they_come(kube_env: KubeEnv) -> None:
+    env = kube_env.kubeconfig(kube_env.mint.mint("alice"))
+    proc = subprocess.Popen(
+        ["kubectl", "logs", "-f", "-n", "dev", "web-0"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        lines = [proc.stdout.readline() for _ in range(5)]  # lines 3+ come 0.2 s apart
+        assert lines[4] == "web-0 log line 4\n"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    assert wait_until(
+        lambda: (
+            sorted(
+                getattr(e, "phase", "")
+                for e in kube_env.sink.of_type("kube.request")
+                if getattr(e, "subresource", "") == "log"
+            )
+            == ["end", "start"]
+        )
+    )
