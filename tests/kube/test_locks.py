@@ -3,6 +3,7 @@ removing the lock restores access. Real broker, real LockView/LockAuthority, rea
 
 from __future__ import annotations
 
+import subprocess
 import time
 from datetime import timedelta
 
@@ -84,4 +85,35 @@ def test_locked_user_exec_session_is_closed_and_new_requests_get_the_lock_messag
         assert "web-0" in ok.stdout
     finally:
         shell.close(force=True)
+        env.gateway.call(authority.stop())
+
+
+def test_locked_users_watch_is_ended(kube_env_with_locks: KubeEnv) -> None:
+    env = kube_env_with_locks
+    assert env.settings is not None
+    authority = LockAuthority(env.settings)
+    env.gateway.call(authority.start())
+    proc = subprocess.Popen(
+        ["kubectl", "get", "pods", "-n", "dev", "-w"],
+        env=env.kubeconfig(env.mint.mint("bob")),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert "NAME" in proc.stdout.readline()
+        assert wait_until(lambda: len(env.gateway.gateway.live) == 1)
+        lock = new_lock(LockTargets(user="bob"), ttl=timedelta(minutes=5), message="offboarding")
+        env.gateway.call(authority.create(lock))
+        assert wait_until(lambda: not env.gateway.gateway.live, timeout=2)
+        end = next(
+            e
+            for e in env.sink.of_type("kube.request")
+            if getattr(e, "verb", "") == "watch" and getattr(e, "phase", "") == "end"
+        )
+        assert end.closed_by_lock == lock.name  # type: ignore[attr-defined]
+    finally:
+        proc.terminate()
+        proc.wait(10)
         env.gateway.call(authority.stop())
