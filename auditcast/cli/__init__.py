@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "mfa": "auditcast.access.cli_mfa:mfa",
     "rec": "auditcast.collectors.pty.cli:rec",
     "request": "auditcast.access.cli_request:request",
+    "ssh-gateway": "auditcast.collectors.ssh.cli:ssh_gateway",
     "topics": "auditcast.cli.topics:topics",
     "up": "auditcast.cli.up:up",
     "worker": "auditcast.streams.cli:worker",

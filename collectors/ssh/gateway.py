@@ -278,7 +278,8 @@ class _ClientConnection(asyncssh.SSHServer):
         code = responses[0].strip()
         if not code:  # a client that cannot prompt (BatchMode) answers with nothing
             return False
-        ok = await mfa.verify(self.mfa_user, code)
+        node = self.target.node.name if self.target is not None else None
+        ok = await mfa.verify(self.mfa_user, code, node=node, remote_addr=self.remote_addr)
         if not ok:
             self._refuse(Refusal("mfa_invalid", "auditcast: that MFA code is not valid"))
             return False

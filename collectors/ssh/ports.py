@@ -32,7 +32,7 @@ class LockSource(Protocol):
 
 
 class MfaCheck(Protocol):
-    async def verify(self, user: str, code: str) -> bool: ...
+    async def verify(self, user: str, code: str, **context: str | None) -> bool: ...
 
 
 class Recording(Protocol):

@@ -60,11 +60,11 @@ class SessionMFA:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
 
-    async def verify(self, user: str, code: str) -> bool:
+    async def verify(self, user: str, code: str, **context: str | None) -> bool:
         from auditcast.access.mfa import verify_session_mfa
 
         try:
-            await verify_session_mfa(user, code, settings=self.settings)
+            await verify_session_mfa(user, code, settings=self.settings, collector="ssh", **context)
         except (MFAInvalid, MFARequired) as e:
             log.info("session MFA refused for %s: %s", user, e.message, extra={"user": user})
             return False
