@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -170,3 +171,30 @@ def test_session_mfa_role_without_a_code_is_refused(
     evs = events_of(ssh_gateway, "auth.failed")
     (ev,) = [e for e in evs if e.source is not None and e.source.collector == "ssh"]
     assert extra(ev, "reason") == "mfa_required" and ev.user == "frank"
+
+
+def test_agent_forwarding_is_refused_without_the_role_flag_and_recorded(
+    ssh_gateway: RunningGateway, issue_cert: Callable[..., UserCert], tmp_path: Path
+) -> None:
+    sock = tmp_path / "agent.sock"
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            if sock.exists():
+                break
+            time.sleep(0.02)
+        cert = issue_cert("gina", roles=("dev",))
+        argv = ssh_gateway.ssh_argv(cert, "root@node1", "echo sock=${SSH_AUTH_SOCK:-none}")
+        r = subprocess.run(
+            [argv[0], "-A", *argv[1:]],
+            capture_output=True,
+            timeout=60,
+            env={**os.environ, "SSH_AUTH_SOCK": str(sock)},
+        )
+    finally:
+        agent.terminate()
+        agent.wait(5)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == b"sock=none\n"  # the node never got an agent
+    (ev,) = events_of(ssh_gateway, "ssh.agent_forward")
+    assert extra(ev, "allowed") is False and ev.user == "gina" and ev.node == "node1"
