@@ -33,7 +33,7 @@ from typing import IO, Any, Final
 import orjson
 
 from auditcast.broker import EmbeddedBroker
-from auditcast.errors import AuditcastError, BrokerUnavailable, ConfigError
+from auditcast.errors import BrokerUnavailable, ConfigError
 from auditcast.kafka import ensure_topics
 from auditcast.settings import Settings
 
@@ -79,8 +79,8 @@ class ServiceSpec:
 # one line here; a verb not registered yet shows as "not available".
 SERVICES: Final[tuple[ServiceSpec, ...]] = (
     ServiceSpec("worker", ("worker",), ready_file="worker.ready", restart_on_new_broker=True),
-    ServiceSpec("store", ("store",), ready_file="store.ready", restart_on_new_broker=True),
-    ServiceSpec("spool", ("spool", "drain", "--follow"), ready_file="spool.ready"),
+    ServiceSpec("store", ("store",), restart_on_new_broker=True),
+    ServiceSpec("spool", ("spool", "drain", "--follow")),
     ServiceSpec("api", ("api",), port=lambda s: s.api_port),
     ServiceSpec("kube-gateway", ("kube-gateway",), port=lambda s: s.kube_port),
     ServiceSpec("ssh-gateway", ("ssh-gateway",), port=lambda s: s.ssh_port),
@@ -163,7 +163,6 @@ class Supervisor:
     # --- start ---------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._claim_home()
         if self.settings.kafka:
             await ensure_topics(self.settings, self.settings.kafka)
         else:
@@ -175,7 +174,7 @@ class Supervisor:
             self._spawn(child)
         self.write_status()
 
-    def _claim_home(self) -> None:
+    def claim_home(self) -> None:
         """One `auditcast up` per AUDITCAST_HOME: a second would fight over broker.json."""
         with contextlib.suppress(FileNotFoundError, ValueError):
             other = int(self._pid_file.read_text())
@@ -365,9 +364,9 @@ class Supervisor:
             await asyncio.to_thread(self.broker.stop)
             self.broker.unpublish(self.settings.broker_file)
             self.broker = None
-        self._status_file.unlink(missing_ok=True)
         with contextlib.suppress(FileNotFoundError, ValueError):
             if int(self._pid_file.read_text()) == os.getpid():
+                self._status_file.unlink(missing_ok=True)
                 self._pid_file.unlink()
 
     # --- status --------------------------------------------------------------------
@@ -460,6 +459,7 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
 async def run_up(settings: Settings, on_ready: Callable[[Supervisor, list[str]], None]) -> None:
     """Start everything, report readiness through `on_ready`, supervise until SIGINT/SIGTERM."""
     sup = Supervisor(settings)
+    sup.claim_home()  # before anything starts: a refused second `up` touches nothing
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, sup.request_stop)
@@ -469,8 +469,6 @@ async def run_up(settings: Settings, on_ready: Callable[[Supervisor, list[str]],
         if not sup._stopping.is_set():
             on_ready(sup, pending)
             await sup.run()
-    except AuditcastError:
-        raise
     finally:
         await sup.stop()
         for sig in (signal.SIGINT, signal.SIGTERM):
