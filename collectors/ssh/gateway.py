@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -123,6 +123,7 @@ class SSHGateway:
         self.live: set[_ClientConnection] = set()
         self._server: asyncssh.SSHAcceptor | None = None
         self._unlisten: Callable[[], None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
 
     @property
     def port(self) -> int:
@@ -162,12 +163,20 @@ class SSHGateway:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
+        if self._tasks:  # session ends being written: let them reach the spool
+            await asyncio.wait(set(self._tasks), timeout=5)
 
     def _on_lock(self, lock: Lock) -> None:
         now = datetime.now(UTC)
         for conn in list(self.live):
             if conn.target is not None and lock.matches(conn.lock_subject(), now):
                 conn.terminate_for_lock(lock.name, lock.message)
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run a background task the gateway keeps a reference to until it is done."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def source(self, remote_addr: str | None) -> Source:
         return Source(collector=COLLECTOR, instance=self.instance, remote_addr=remote_addr)
@@ -593,6 +602,9 @@ class _RelaySession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
 
     def session_started(self) -> None:
         assert self.chan is not None
+        # Hold the user's input in the SSH window until the node side is open, rather
+        # than in an unbounded list here.
+        self.chan.pause_reading()
         self.task = asyncio.create_task(self._open_upstream())
 
     def data_received(self, data: bytes, datatype: int | None) -> None:
@@ -646,7 +658,7 @@ class _RelaySession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
             self.up.close()
         if not self.done:
             self.done = True
-            asyncio.get_running_loop().create_task(self._finish())
+            self.owner.gw.spawn(self._finish())
         if self.owner.terminated is not None and not self.owner.sessions:
             self.owner.close()
 
@@ -696,6 +708,7 @@ class _RelaySession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
         self.pending.clear()
         if self.pending_eof:
             up.write_eof()
+        chan.resume_reading()
 
     def _make_recorder(self) -> Any:
         if self.mode == "subsystem" or self.scp is not None:

@@ -20,6 +20,8 @@ FXP_DATA: Final = 103
 # OpenSSH's sftp-server refuses packets above 256 KiB (SFTP_MAX_MSG_LENGTH); a stream
 # claiming more is not SFTP we understand, so the tap stops rather than buffer it.
 MAX_PACKET: Final = 256 * 1024 + 1024
+# Requests in flight we remember; OpenSSH's sftp client keeps at most 64 outstanding.
+MAX_PENDING: Final = 4096
 # Only packets we look into are buffered whole; for others we skip the body.
 _WANTED_CLIENT: Final = frozenset({FXP_OPEN, FXP_CLOSE, FXP_READ, FXP_WRITE})
 _WANTED_SERVER: Final = frozenset({FXP_HANDLE, FXP_DATA})
@@ -107,12 +109,16 @@ class SftpTap:
                     path, pos = _string(head, _HEADER)
                     (pflags,) = struct.unpack_from(">I", head, pos)
                     # SSH_FXF_WRITE 0x02, SSH_FXF_CREAT 0x08, SSH_FXF_TRUNC 0x10
+                    if len(self._open_requests) >= MAX_PENDING:
+                        self._open_requests.clear()  # replies we never saw: start over
                     self._open_requests[rid] = (
                         path.decode("utf-8", "replace"),
                         bool(pflags & 0x1A),
                     )
                 elif ptype == FXP_READ:
                     handle, _ = _string(head, _HEADER)
+                    if len(self._read_requests) >= MAX_PENDING:
+                        self._read_requests.clear()
                     self._read_requests[rid] = handle
                 elif ptype == FXP_WRITE:
                     handle, pos = _string(head, _HEADER)
