@@ -14,13 +14,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import asyncssh
-from asyncssh.public_key import decode_ssh_certificate
+from asyncssh.public_key import SSHOpenSSHCertificate, decode_ssh_certificate
 from auditcast.access.lock_model import Lock, LockSubject
 from auditcast.collectors.ssh.certs import CERT_TYPE_USER, is_certificate, parse_certificate
 from auditcast.collectors.ssh.policy import (
@@ -280,7 +280,7 @@ class _ClientConnection(asyncssh.SSHServer):
             [(MFA_PROMPT, False)],
         )
 
-    async def validate_kbdint_response(self, username: str, responses: list[str]) -> bool:
+    async def validate_kbdint_response(self, username: str, responses: Sequence[str]) -> bool:
         mfa = self.gw.policy.mfa
         if not self.mfa_pending or mfa is None or len(responses) != 1:
             return False
@@ -320,13 +320,15 @@ class _ClientConnection(asyncssh.SSHServer):
     def _emit_refusal(self) -> None:
         assert self.refusal is not None
         self._emitted = True
-        fields = dict(self.refusal_fields)
+        fields: dict[str, Any] = {
+            **self.refusal_fields,
+            "reason": self.refusal.reason,
+            "message": self.refusal.message,
+        }
         self.gw.audit.emit(
             Event(
                 type="auth.failed",
                 source=self.gw.source(self.remote_addr),
-                reason=self.refusal.reason,
-                message=self.refusal.message,
                 **fields,
             )
         )
@@ -354,7 +356,7 @@ class _ClientConnection(asyncssh.SSHServer):
         try:
             cert = _cert_info(key_data)
             fields = parse_certificate(key_data)
-            ca = decode_ssh_certificate(key_data).signing_key
+            ca = cast(SSHOpenSSHCertificate, decode_ssh_certificate(key_data)).signing_key
         except (asyncssh.KeyImportError, InvalidCertificate) as e:
             return self._refuse(Refusal("cert_invalid", f"auditcast: unreadable certificate: {e}"))
         base: dict[str, Any] = {"user": cert.user or None, "credential_id": cert.credential_id}
@@ -535,7 +537,7 @@ def _check_lock(locks: LockSource, subject: LockSubject) -> Lock | _StaleView | 
         return _StaleView("strict-mode", e.message)
 
 
-class _RelaySession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
+class _RelaySession(asyncssh.SSHServerSession[bytes]):
     """One channel from the user, relayed to one channel on the node."""
 
     def __init__(self, owner: _ClientConnection) -> None:
@@ -549,7 +551,7 @@ class _RelaySession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
         self.subsystem: str | None = None
         self.term_type: str | None = None
         self.term_size: tuple[int, int, int, int] = (0, 0, 0, 0)
-        self.term_modes: dict[int, int] = {}
+        self.term_modes: Mapping[int, int] = {}
         self.rec: Any = None
         self.sftp: SftpTap | None = None
         self.scp: tuple[str, str] | None = None
@@ -565,12 +567,12 @@ class _RelaySession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
         self.notice: str | None = None
 
     # --- requests from the user -----------------------------------------------------
-    def connection_made(self, chan: asyncssh.SSHServerChannel[bytes]) -> None:  # type: ignore[override]
+    def connection_made(self, chan: asyncssh.SSHServerChannel[bytes]) -> None:
         self.chan = chan
         self.owner.sessions.add(self)
 
     def pty_requested(
-        self, term_type: str, term_size: tuple[int, int, int, int], term_modes: dict[int, int]
+        self, term_type: str, term_size: tuple[int, int, int, int], term_modes: Mapping[int, int]
     ) -> bool:
         self.term_type, self.term_size, self.term_modes = term_type, term_size, term_modes
         return True
@@ -813,7 +815,7 @@ def _signal_number(name: str) -> int:
     return _SIGNALS.get(name, 0)
 
 
-class _UpstreamSession(asyncssh.SSHClientSession):  # type: ignore[type-arg]
+class _UpstreamSession(asyncssh.SSHClientSession[bytes]):
     def __init__(self, down: _RelaySession) -> None:
         self.down = down
 

@@ -43,7 +43,7 @@ def load_inventory(settings: Settings) -> StaticNodes:
             "the node inventory (access.inventory) is not available in this build"
         ) from None
     nodes: list[Node] = []
-    for n in inventory.load_nodes(settings):  # type: ignore[attr-defined]
+    for n in inventory.load_nodes(settings):
         extra = dict(getattr(n, "extra", {}) or {})
         nodes.append(
             Node(
@@ -63,4 +63,4 @@ def load_grants(settings: Settings) -> RoleGrants:
         raise ConfigError(
             "role definitions (access.roles) are not available in this build"
         ) from None
-    return RoleGrants(roles.load_roles(settings))  # type: ignore[attr-defined]
+    return RoleGrants(roles.load_roles(settings))
