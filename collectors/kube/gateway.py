@@ -268,6 +268,7 @@ class KubeGateway:
 
     def _refuse(self, code: int, doc: dict[str, Any]) -> web.Response:
         self.stats.refused += 1
+        log.info("refused", extra={"fields": {"code": code, "reason": doc.get("message")}})
         return web.Response(status=code, body=orjson.dumps(doc), content_type="application/json")
 
     def _header_bytes(self, request: web.Request) -> int:
@@ -371,6 +372,21 @@ class KubeGateway:
         }
 
     def _emit(self, fields: dict[str, Any]) -> None:
+        if fields.get("phase") or (fields.get("response_code") or 0) >= 400:
+            log.info(
+                f"{fields['type']} {fields.get('verb', '')} {fields.get('request_path', '')}",
+                extra={
+                    "event_id": fields.get("id"),
+                    "credential_id": fields.get("credential_id"),
+                    "user": fields.get("user"),
+                    "session_id": fields.get("session_id"),
+                    "fields": {
+                        k: fields[k]
+                        for k in ("cluster", "response_code", "phase", "closed_by_lock", "error")
+                        if fields.get(k) is not None
+                    },
+                },
+            )
         try:
             self.sink.append_event(Event(**{k: v for k, v in fields.items() if v != ""}))
         except Exception:

@@ -206,9 +206,12 @@ def test_malformed_client_frame_ends_the_exec_stream_with_an_error(kube_env: Kub
 
     frames, close_code = asyncio.run(asyncio.wait_for(session(), 15))
     errors = [orjson.loads(f[1:]) for f in frames if f[:1] == b"\x03"]
-    assert errors and "malformed frame from client: unknown channel 9" in errors[-1]["message"]
-    assert close_code == 1007
-    assert wait_until(lambda: any(getattr(e, "phase", "") == "end" for e in kube_env.sink.events))
+    assert errors, frames[-3:]
+    assert "malformed frame from client: unknown channel 9" in errors[-1]["message"]
+    assert close_code == 1007, (close_code, frames[-3:])
+    assert wait_until(
+        lambda: any(getattr(e, "phase", "") == "end" for e in kube_env.sink.events), timeout=10
+    ), kube_env.sink.events
     end = next(e for e in kube_env.sink.events if getattr(e, "phase", "") == "end")
     assert "unknown channel 9" in end.error  # type: ignore[attr-defined]
 
