@@ -29,13 +29,13 @@ def ssh_gateway(host: str | None, port: int | None, as_json: bool) -> None:
 
 async def _serve(settings: object, host: str | None, port: int | None, as_json: bool) -> None:
     from auditcast.collectors.ssh.service import start_service
-    from auditcast.collectors.ssh.wiring import load_grants, load_inventory
+    from auditcast.collectors.ssh.wiring import load_inventory, load_roles
 
     from auditcast.settings import Settings
 
     assert isinstance(settings, Settings)
     svc = await start_service(
-        settings, load_inventory(settings), load_grants(settings), host=host, port=port
+        settings, load_inventory(settings), load_roles(settings), host=host, port=port
     )
     info = {"ssh_gateway": f"{host or settings.bind_host}:{svc.port}"}
     if as_json:

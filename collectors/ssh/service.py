@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -11,7 +12,8 @@ from typing import Any, Final
 import asyncssh
 from auditcast.collectors.ssh.audit import SpoolAudit
 from auditcast.collectors.ssh.gateway import GatewayKeys, GatewayPolicy, SSHGateway
-from auditcast.collectors.ssh.ports import GrantResolver, NodeDirectory
+from auditcast.collectors.ssh.identities import IdentityRoles
+from auditcast.collectors.ssh.ports import NodeDirectory
 
 from auditcast.errors import ConfigError, MFAInvalid, MFARequired
 from auditcast.settings import Settings
@@ -77,6 +79,7 @@ class GatewayService:
     gateway: SSHGateway
     lock_view: Any
     spool: Any
+    identities: IdentityRoles
 
     @property
     def port(self) -> int:
@@ -85,13 +88,14 @@ class GatewayService:
     async def stop(self) -> None:
         await self.gateway.close()
         await self.lock_view.stop()
+        await self.identities.stop()
         await self.spool.close(10.0)
 
 
 async def start_service(
     settings: Settings,
     nodes: NodeDirectory,
-    grants: GrantResolver,
+    roles: Mapping[str, Any],
     *,
     host: str | None = None,
     port: int | None = None,
@@ -105,14 +109,17 @@ async def start_service(
     spool = Spool(settings, SPOOL_NAME)
     await spool.start()
     view = LockView(settings)
+    grants = IdentityRoles(settings, roles)
     try:
+        await grants.start()
         await view.start()
         policy = GatewayPolicy(nodes=nodes, grants=grants, locks=view, mfa=SessionMFA(settings))
         gw = SSHGateway(keys, policy, SpoolAudit(spool), instance=instance)
         await gw.start(host or settings.bind_host, settings.ssh_port if port is None else port)
     except BaseException:
         await view.stop()
+        await grants.stop()
         await spool.close(5.0)
         raise
     log.info("ssh gateway listening on %s:%d", host or settings.bind_host, gw.port)
-    return GatewayService(settings, gw, view, spool)
+    return GatewayService(settings, gw, view, spool, grants)

@@ -56,11 +56,12 @@ def load_inventory(settings: Settings) -> StaticNodes:
     return StaticNodes(nodes)
 
 
-def load_grants(settings: Settings) -> RoleGrants:
+def load_roles(settings: Settings) -> Mapping[str, Any]:
     try:
         from auditcast.access import roles
     except ImportError:
         raise ConfigError(
             "role definitions (access.roles) are not available in this build"
         ) from None
-    return RoleGrants(roles.load_roles(settings))
+    loaded: Mapping[str, Any] = roles.load_roles(settings)
+    return loaded

@@ -69,7 +69,7 @@ def user_cert(work: Path, user: str, ca: Path) -> tuple[asyncssh.SSHKey, asyncss
 async def serve_gateway(settings_json: str, node_port: int) -> None:
     from auditcast.collectors.ssh.policy import Node
     from auditcast.collectors.ssh.service import load_keys, start_service
-    from auditcast.collectors.ssh.wiring import RoleGrants, StaticNodes
+    from auditcast.collectors.ssh.wiring import StaticNodes
 
     from auditcast.settings import Settings
 
@@ -78,7 +78,7 @@ async def serve_gateway(settings_json: str, node_port: int) -> None:
     svc = await start_service(
         settings,
         nodes,
-        RoleGrants(ROLES),
+        ROLES,
         host="127.0.0.1",
         port=0,
         keys=load_keys(settings, ("127.0.0.1",)),

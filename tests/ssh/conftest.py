@@ -127,6 +127,7 @@ def issue_cert(ssh_pki: Pki, tmp_path: Path) -> Callable[..., UserCert]:
         validity: str = "-5m:+1h",
         ca: Path | None = None,
         credential_id: str | None = None,
+        roles_in_cert: bool = True,
     ) -> UserCert:
         n = next(counter)
         key = tmp_path / f"id_{user}_{n}"
@@ -137,7 +138,8 @@ def issue_cert(ssh_pki: Pki, tmp_path: Path) -> Callable[..., UserCert]:
                 SSH_KEYGEN, "-q", "-s", str(ca or ssh_pki.user_ca), "-I", user,
                 "-n", ",".join(principals), "-V", validity, "-z", str(n + 1),
                 "-O", f"extension:auditcast-credential@auditcast={cred}",
-                "-O", f"extension:auditcast-roles@auditcast={','.join(roles)}",
+                *(["-O", f"extension:auditcast-roles@auditcast={','.join(roles)}"]
+                  if roles_in_cert else []),
                 f"{key}.pub",
             ],
             check=True,

@@ -11,7 +11,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer
 from auditcast.collectors.ssh.policy import Node
 from auditcast.collectors.ssh.service import GatewayService, ca_dir, load_keys, start_service
-from auditcast.collectors.ssh.wiring import RoleGrants, StaticNodes
+from auditcast.collectors.ssh.wiring import StaticNodes
 
 from auditcast.events import Event, Frame, decode_event, decode_frames
 from auditcast.kafka import resolve_bootstrap
@@ -32,7 +32,7 @@ async def start_gateway(
     svc: GatewayService = await start_service(
         settings,
         inventory,
-        RoleGrants(roles),
+        roles,
         host="127.0.0.1",
         port=0,
         keys=load_keys(settings, ("127.0.0.1", "localhost")),

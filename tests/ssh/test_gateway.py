@@ -7,13 +7,14 @@ import subprocess
 import time
 from collections.abc import Callable
 
+import orjson
 import pexpect
 import pytest
 from auditcast.access.lock_model import LockTargets, new_lock
 from auditcast.access.publish import Publisher
 
 from auditcast.events import Event
-from auditcast.topics import LOCKS
+from auditcast.topics import IDENTITIES, LOCKS
 from tests.ssh.conftest import RunningGateway, UserCert
 from tests.ssh.harness import input_of, output_of, read_frames, session_frames
 
@@ -200,3 +201,35 @@ def test_lock_on_another_user_leaves_the_session_alone(
     child.expect("still-2")
     child.sendline("exit")
     child.expect(pexpect.EOF)
+
+
+def test_roles_come_from_the_identities_record_when_the_certificate_has_none(
+    ssh_gateway: RunningGateway, issue_cert: Callable[..., UserCert]
+) -> None:
+    cert = issue_cert("hana", roles_in_cert=False)
+    # No identities record yet: no roles, no node.
+    r = run_ssh(ssh_gateway, cert, "root@node1", "true")
+    assert r.returncode == 255 and b"do not allow" in r.stderr
+
+    record = {
+        "credential_id": cert.credential_id,
+        "kind": "ssh-cert",
+        "identity": {"user": "hana", "roles": ["dev"], "groups": ["eng"]},
+        "issued": "2026-01-01T00:00:00.000000Z",
+        "expires": "2999-01-01T00:00:00.000000Z",
+    }
+
+    async def send() -> None:
+        pub = Publisher(ssh_gateway.settings)
+        try:
+            await pub.send(IDENTITIES, cert.credential_id.encode(), orjson.dumps(record))
+        finally:
+            await pub.close()
+
+    asyncio.run(send())
+    r = run_ssh(ssh_gateway, cert, "root@node1", "echo via-identities")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == b"via-identities\n"
+    # ... and the dev role still keeps hana out of production.
+    r = run_ssh(ssh_gateway, cert, "root@node3", "true")
+    assert r.returncode == 255 and b"node 'node3'" in r.stderr
