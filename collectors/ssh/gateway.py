@@ -325,12 +325,18 @@ class _ClientConnection(asyncssh.SSHServer):
             "reason": self.refusal.reason,
             "message": self.refusal.message,
         }
-        self.gw.audit.emit(
-            Event(
-                type="auth.failed",
-                source=self.gw.source(self.remote_addr),
-                **fields,
-            )
+        event = Event(type="auth.failed", source=self.gw.source(self.remote_addr), **fields)
+        self.gw.audit.emit(event)
+        log.info(
+            "refused %s: %s",
+            self.remote_addr,
+            self.refusal.reason,
+            extra={
+                "event_id": event.id,
+                "user": event.user,
+                "credential_id": event.credential_id,
+                "fields": {"node": event.node, "reason": self.refusal.reason},
+            },
         )
 
     async def _validate(
@@ -678,6 +684,19 @@ class _RelaySession(asyncssh.SSHServerSession[bytes]):
             await self.rec.start()
             if self.term_type:
                 self.rec.resize(self.term_size[0], self.term_size[1])
+        log.info(
+            "%s session for %s as %s on %s",
+            self.mode,
+            t.cert.user,
+            t.login,
+            t.node.name,
+            extra={
+                "user": t.cert.user,
+                "credential_id": t.cert.credential_id,
+                "session_id": getattr(self.rec, "session_id", None),
+                "fields": {"node": t.node.name, "login": t.login, "command": self.command},
+            },
+        )
         try:
             conn = await self.owner.upstream()
             kwargs: dict[str, Any] = {"env": chan.get_environment() or {}, "encoding": None}
@@ -696,7 +715,12 @@ class _RelaySession(asyncssh.SSHServerSession[bytes]):
             up, _ = await conn.create_session(lambda: _UpstreamSession(self), **kwargs)
         except (OSError, asyncssh.Error, TimeoutError) as e:
             msg = f"auditcast: cannot reach node {t.node.name}: {e}\r\n"
-            log.warning("upstream failed: %s", e)
+            log.warning(
+                "cannot reach node %s: %s",
+                t.node.name,
+                e,
+                extra={"user": t.cert.user, "credential_id": t.cert.credential_id},
+            )
             chan.write_stderr(msg.encode()) if self.term_type is None else chan.write(msg.encode())
             self.exit_status = 255
             chan.exit(255)
