@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 import orjson
 from pydantic import (
@@ -116,13 +116,15 @@ class Lock(BaseModel):
             return False
         return all(value in subject.values(f) for f, value in self.targets.items())
 
-    def to_dict(self) -> dict[str, object]:
-        return self.model_dump(mode="json", exclude_none=False)
+    def to_dict(self) -> dict[str, Any]:
+        """The record format: set targets only, times in RFC 3339, `expires` may be null."""
+        return {
+            **self.model_dump(mode="json"),
+            "targets": self.targets.model_dump(exclude_none=True),
+        }
 
     def to_record(self) -> bytes:
-        return orjson.dumps(
-            {**self.model_dump(mode="json"), "targets": self.targets.model_dump(exclude_none=True)}
-        )
+        return orjson.dumps(self.to_dict())
 
 
 def new_lock(

@@ -12,12 +12,19 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import uvicorn
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from auditcast.access.locks import LockView
+from fastapi import FastAPI, Header, HTTPException
 
+from auditcast.broker import free_port
 from auditcast.settings import Settings
 from auditcast.topics import LOCKS, topic
 
@@ -110,6 +117,70 @@ class Watcher:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+
+# -- an API process for the lock, request and MFA routers ----------------------------
+
+
+@dataclass(frozen=True)
+class TestCaller:
+    user: str
+    roles: list[str]
+
+
+def bearer_test_identity(authorization: str = Header(default="")) -> TestCaller:
+    """Stand-in for access core's sign-in while it is not in the tree: the bearer token
+    `test-identity USER ROLE,ROLE` names the caller. Only tests install it."""
+    parts = authorization.removeprefix("Bearer ").split()
+    if len(parts) != 3 or parts[0] != "test-identity":
+        raise HTTPException(401, detail={"error": "not signed in", "hint": None})
+    return TestCaller(parts[1], [r for r in parts[2].split(",") if r])
+
+
+def access_app(settings: Settings, policies: Callable[[], Any] | None = None) -> FastAPI:
+    """The three routers under /v1, as replay/app.py mounts them."""
+    from auditcast.access import api_common, api_locks, api_mfa, api_requests
+
+    app = FastAPI()
+    app.state.settings = settings
+    if policies is not None:
+        app.state.role_policies = policies
+    for r in (api_locks.router, api_requests.router, api_mfa.router):
+        app.include_router(r, prefix="/v1")
+    if not _core_login_available():
+        app.dependency_overrides[api_common.caller_dependency] = bearer_test_identity
+    return app
+
+
+def _core_login_available() -> bool:
+    from auditcast.access import api_common
+
+    return api_common.caller_dependency is not api_common._no_login
+
+
+class ApiServer:
+    """uvicorn serving an app on a free loopback port, in a thread with its own loop."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
+        )
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def start(self, timeout: float = 20.0) -> ApiServer:
+        self.thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the API did not start")
+            time.sleep(0.02)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(15)
 
 
 def main() -> None:

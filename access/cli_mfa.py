@@ -1,0 +1,105 @@
+"""`auditcast mfa`: enrol an authenticator app for per-session MFA.
+
+auditcast mfa add [--name phone]     # shows the otpauth URI and a QR code, asks a code
+auditcast mfa ls
+"""
+
+from __future__ import annotations
+
+import io
+import os
+
+import click
+import qrcode
+from auditcast.access.cli_common import api_call
+from auditcast.access.mfa import new_secret, provisioning_uri
+
+from auditcast.cli._util import json_option, print_json
+from auditcast.errors import MFARequired
+
+
+def terminal_qr(data: str) -> str:
+    """The QR code as text (two rows per line with half blocks), scannable on screen."""
+    qr = qrcode.QRCode(border=2, error_correction=qrcode.constants.ERROR_CORRECT_L)
+    qr.add_data(data)
+    qr.make(fit=True)
+    out = io.StringIO()
+    qr.print_ascii(out=out, invert=True)
+    return out.getvalue()
+
+
+@click.group()
+def mfa() -> None:
+    """Per-session MFA devices (TOTP authenticator apps)."""
+
+
+@mfa.command("add")
+@click.option("--name", default="otp", show_default=True, help="A name for this device.")
+@click.option("--code", help="The first code, for scripts (else you are asked).")
+@click.option("--secret", hidden=True, help="Use this base32 secret (tests, migrations).")
+@click.option("--no-qr", is_flag=True, help="Only print the otpauth URI.")
+@json_option
+def mfa_add(name: str, code: str | None, secret: str | None, no_qr: bool, as_json: bool) -> None:
+    """Enrol a TOTP device: scan the QR code, then type the code your app shows."""
+    from auditcast.access.cli_common import profile_endpoint
+
+    profile_endpoint()  # fail before showing a secret if nobody is logged in
+    secret = secret or new_secret()
+    from auditcast.access.profile import load_profile
+
+    user = str(load_profile().user)
+    uri = provisioning_uri(secret, user)
+    click.echo("Add this to your authenticator app:", err=True)
+    click.echo(uri, err=as_json)
+    if not no_qr:
+        click.echo(terminal_qr(uri), err=True)
+    if code is None:
+        code = click.prompt("Code from the app", err=True).strip()
+    device = api_call("POST", "/mfa/devices", json={"name": name, "secret": secret, "code": code})
+    if as_json:
+        print_json({**device, "uri": uri})
+    else:
+        click.echo(f"MFA device {device['name']} enrolled for {device['user']}")
+
+
+@mfa.command("ls")
+@json_option
+def mfa_ls(as_json: bool) -> None:
+    """Your enrolled devices."""
+    devices = api_call("GET", "/mfa/devices")
+    if as_json:
+        print_json(devices)
+        return
+    if not devices:
+        click.echo("no MFA devices; enrol one with `auditcast mfa add`")
+    for d in devices:
+        click.echo(f"{d['name']}  enrolled {d['created']}")
+
+
+class NoTerminal(MFARequired):
+    hint = (
+        "per-session MFA needs a terminal to ask for the code; run kubectl from a terminal, "
+        "or pass the code in AUDITCAST_MFA_CODE"
+    )
+
+
+def prompt_mfa_code(reason: str = "per-session MFA") -> str:
+    """Ask for a TOTP code on the controlling terminal.
+
+    The kube exec plugin's stdout is the ExecCredential kubectl reads, and its stdin
+    may be kubectl's; /dev/tty reaches the person at the keyboard either way.
+    `AUDITCAST_MFA_CODE` answers without a terminal (scripts, tests).
+    """
+    code = os.environ.get("AUDITCAST_MFA_CODE")
+    if code:
+        return code.strip()
+    try:
+        with open("/dev/tty", "r+", buffering=1) as tty:
+            tty.write(f"{reason}: enter the code from your authenticator app: ")
+            tty.flush()
+            line = tty.readline()
+    except OSError:
+        raise NoTerminal("cannot ask for an MFA code: no terminal") from None
+    if not line:
+        raise NoTerminal("no MFA code entered")
+    return line.strip()
