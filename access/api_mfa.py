@@ -7,6 +7,7 @@ sends it with the first code the app shows, which proves the app holds it.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -74,11 +75,13 @@ async def enrol_device(
 @router.get("/devices")
 async def list_devices(
     request: Request, caller: Caller = Depends(caller_dependency)
-) -> list[dict[str, Any]]:
-    import asyncio
-
+) -> dict[str, Any]:
+    """The caller's devices (names and dates, never secrets)."""
     devices = await asyncio.to_thread(_svc(request).store.devices, caller.user)
-    return [{"user": d.user, "name": d.name, "created": d.created} for d in devices]
+    return {
+        "user": caller.user,
+        "devices": [{"name": d.name, "created": d.created} for d in devices],
+    }
 
 
 @router.post("/verify")

@@ -41,13 +41,9 @@ def mfa() -> None:
 @json_option
 def mfa_add(name: str, code: str | None, secret: str | None, no_qr: bool, as_json: bool) -> None:
     """Enrol a TOTP device: scan the QR code, then type the code your app shows."""
-    from auditcast.access.cli_common import profile_endpoint
-
-    profile_endpoint()  # fail before showing a secret if nobody is logged in
+    # Who we are, from the API: fails before showing a secret if nobody is logged in.
+    user = str(api_call("GET", "/mfa/devices")["user"])
     secret = secret or new_secret()
-    from auditcast.access.profile import load_profile
-
-    user = str(load_profile().user)
     uri = provisioning_uri(secret, user)
     click.echo("Add this to your authenticator app:", err=True)
     click.echo(uri, err=as_json)
@@ -66,7 +62,7 @@ def mfa_add(name: str, code: str | None, secret: str | None, no_qr: bool, as_jso
 @json_option
 def mfa_ls(as_json: bool) -> None:
     """Your enrolled devices."""
-    devices = api_call("GET", "/mfa/devices")
+    devices = api_call("GET", "/mfa/devices")["devices"]
     if as_json:
         print_json(devices)
         return

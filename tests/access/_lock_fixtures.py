@@ -76,6 +76,10 @@ async def watch_raw(settings: Settings) -> None:
         await c.stop()
 
 
+# The `auditcast` console script of the interpreter running the tests (the project venv).
+AUDITCAST = str(Path(sys.executable).with_name("auditcast"))
+
+
 class Watcher:
     """The watcher subprocess, seen from the test or benchmark."""
 

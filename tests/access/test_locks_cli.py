@@ -4,24 +4,19 @@ LockView in another process."""
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import httpx
 import orjson
 import pytest
 
 from auditcast.settings import Settings
-from tests.access._lock_fixtures import ApiServer, Watcher, access_app
+from tests.access._lock_fixtures import AUDITCAST, ApiServer, Watcher, access_app
 
 pytestmark = pytest.mark.timeout(120)
 
-AUDITCAST = str(Path(os.environ.get("VIRTUAL_ENV", "/work/main/.venv")) / "bin" / "auditcast")
-if not Path(AUDITCAST).exists():
-    AUDITCAST = "/work/main/.venv/bin/auditcast"
 
 ADMIN = "test-identity root admin"
 CONTRACTOR = "test-identity carol contractor"
