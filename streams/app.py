@@ -27,6 +27,7 @@ from typing import Any, Final
 
 import faust
 import orjson
+from aiokafka import AIOKafkaProducer
 from auditcast.streams import sessions
 from auditcast.streams.attribution import attribute
 from auditcast.streams.identities import IdentityView
@@ -34,7 +35,7 @@ from faust.types import EventT, RecordMetadata
 
 from auditcast.errors import MalformedMessage
 from auditcast.events import Event, decode_event, decode_frames
-from auditcast.kafka import MAX_REQUEST_BYTES
+from auditcast.kafka import MAX_REQUEST_BYTES, start_producer
 from auditcast.settings import Settings
 from auditcast.topics import (
     ALERTS,
@@ -56,6 +57,9 @@ BATCH_MAX: Final = 1000
 # is one of the reasons to dead-letter it); the headers say where the original is.
 DEAD_LETTER_MAX_BYTES: Final = 512 * 1024
 BATCH_WITHIN_S: Final = 0.05
+
+PRODUCER_BATCH_BYTES: Final = 256 * 1024
+PRODUCER_LINGER_S: Final = 0.005
 
 # Group membership tuned for a single-node broker: Faust's defaults (session 60 s,
 # rebalance 60 s, heartbeat 3 s) made the first join on Tansu take ~30 s.
@@ -107,6 +111,11 @@ class StreamsApp:
             # acks=all; Faust turns idempotence on only for exactly_once, which Tansu lacks.
             producer_acks=-1,
             producer_max_request_size=MAX_REQUEST_BYTES,
+            # Faust's 16 KiB batches with no linger meant one broker round trip per ~50
+            # events (measured ~1,200 events/s); these match auditcast.kafka's producers.
+            producer_max_batch_size=PRODUCER_BATCH_BYTES,
+            producer_linger=PRODUCER_LINGER_S,
+            consumer_max_fetch_size=4 * 1024 * 1024,
             processing_guarantee="at_least_once",
             topic_partitions=settings.partitions,
             topic_replication_factor=settings.replication_factor,
@@ -121,9 +130,14 @@ class StreamsApp:
         t = self.topic_name
         self.events_raw = self.app.topic(t(EVENTS_RAW), internal=False)
         self.session_frames = self.app.topic(t(SESSION_FRAMES), internal=False)
-        self.events_audit = self.app.topic(t(EVENTS_AUDIT))
-        self.alerts = self.app.topic(t(ALERTS))
-        self.dead_letter = self.app.topic(t(DEAD_LETTER))
+        self.events_audit = t(EVENTS_AUDIT)
+        self.alerts = t(ALERTS)
+        self.dead_letter = t(DEAD_LETTER)
+        self.bootstrap = bootstrap
+        # Output goes through the kernel's producer, not Faust's topic.send: acks=all,
+        # idempotent on a real Kafka (off on Tansu), and ~10x cheaper per record here.
+        self._producer: AIOKafkaProducer | None = None
+        self._producer_lock = asyncio.Lock()
         # Attribution joins on credential id while events are keyed by session, so each
         # worker reads all of `identities` (see streams.identities for why not GlobalTable).
         self.identities = IdentityView(bootstrap, t(IDENTITIES))
@@ -168,6 +182,15 @@ class StreamsApp:
 
     async def _stop_identities(self, sender: Any = None, **kwargs: Any) -> None:
         await self.identities.stop()
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            await producer.stop()  # flushes what is pending
+
+    async def output(self) -> AIOKafkaProducer:
+        async with self._producer_lock:
+            if self._producer is None:
+                self._producer = await start_producer(self.settings, self.bootstrap)
+            return self._producer
 
     # --- lookups -----------------------------------------------------------------
 
@@ -191,6 +214,7 @@ class StreamsApp:
 
     async def process_raw_batch(self, batch: Sequence[EventT]) -> None:
         pending: list[Awaitable[RecordMetadata]] = []
+        producer = await self.output()
         source = self.topic_name(EVENTS_RAW)
         decoded: list[tuple[Any, Event]] = []
         for ev in batch:
@@ -215,7 +239,7 @@ class StreamsApp:
                 summary = sessions.on_event(self._session(out.session_id), out)
                 self._store_session(msg.partition, summary)
                 out = sessions.enrich_end(out, summary)
-            pending.append(await self.events_audit.send(key=msg.key, value=out.to_json()))
+            pending.append(await producer.send(self.events_audit, key=msg.key, value=out.to_json()))
             self.stats.produced[EVENTS_AUDIT] += 1
             if result.alert is not None:
                 self.stats.unattributed += 1
@@ -230,7 +254,9 @@ class StreamsApp:
                 )
                 alert = result.alert
                 pending.append(
-                    await self.alerts.send(key=(alert.user or "").encode(), value=alert.to_json())
+                    await producer.send(
+                        self.alerts, key=(alert.user or "").encode(), value=alert.to_json()
+                    )
                 )
                 self.stats.produced[ALERTS] += 1
         # Durable output before the batch is acked (and so before its offsets commit).
@@ -281,7 +307,8 @@ class StreamsApp:
             "error": error.encode()[:1024],
         }
         value = bytes(msg.value or b"")[:DEAD_LETTER_MAX_BYTES]
-        fut: Awaitable[RecordMetadata] = await self.dead_letter.send(
-            key=msg.key, value=value, headers=headers
+        producer = await self.output()
+        fut: Awaitable[RecordMetadata] = await producer.send(
+            self.dead_letter, key=msg.key, value=value, headers=list(headers.items())
         )
         return fut
