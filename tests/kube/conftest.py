@@ -18,13 +18,13 @@ from typing import Any
 
 import jwt
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from auditcast.access.locks import LockView
 from auditcast.collectors.kube.gateway import KubeGateway
 from auditcast.collectors.kube.policy import KubeClaims
 from auditcast.collectors.kube.upstreams import UpstreamCluster
 from auditcast.collectors.kube.wiring import lock_subject
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
 from auditcast.errors import InvalidToken
 from auditcast.events import Event
 from auditcast.settings import Settings

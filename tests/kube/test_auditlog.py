@@ -6,6 +6,7 @@ from typing import Any
 
 import orjson
 import pytest
+
 from auditcast.collectors.kube.auditlog import (
     InvalidAuditEvents,
     RecentIds,

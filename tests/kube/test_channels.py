@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from auditcast.collectors.kube.channels import (
     V1_BASE64,
     V4,

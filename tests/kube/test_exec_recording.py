@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import io
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -110,8 +112,21 @@ def test_interactive_exec_is_recorded_exactly_as_the_user_saw_it(
         (f for v in raw for f in decode_frames(v) if f.session_id == sid), key=lambda f: f.seq
     )
     output = b"".join(f.data for f in frames if f.kind == "o")
-    assert output == screen.getvalue()
+    # The terminal showed the pod's output byte for byte, then kubectl's own line about
+    # the exit status (which the recording carries as session.end exit_code).
+    assert screen.getvalue() == output + b"command terminated with exit code 5\r\n"
+    # as an asciicast v2 file, `asciinema cat` prints exactly that output
+    cast = tmp_path / "exec.cast"
+    lines = [orjson.dumps({"version": 2, "width": 80, "height": 24})]
+    for f in frames:
+        if f.kind in ("o", "r"):
+            lines.append(orjson.dumps([f.t, f.kind, f.data.decode()]))
+    cast.write_bytes(b"\n".join(lines) + b"\n")
+    asciinema = Path(sys.executable).with_name("asciinema")
+    shown = subprocess.run([str(asciinema), "cat", str(cast)], capture_output=True, timeout=30)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout == output
     typed = b"".join(f.data for f in frames if f.kind == "i")
     assert typed == b"echo hello $((6*7))\nstty size\nexit 5\n"
     resizes = [f.data for f in frames if f.kind == "r"]
-    assert resizes[-1] in (b"120x40", b'{"cols":120,"rows":40}') or b"120" in resizes[-1]
+    assert resizes == [b"80x24", b"120x40"]  # kubectl's initial size, then the resize

@@ -9,9 +9,9 @@ from datetime import timedelta
 
 import httpx
 import pexpect
+
 from auditcast.access.lock_authority import LockAuthority
 from auditcast.access.lock_model import LockTargets, new_lock
-
 from tests.kube.conftest import KubeEnv, wait_until
 from tests.kube.test_gateway import kubectl
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 import pytest
+from multidict import CIMultiDict
+
 from auditcast.collectors.kube.policy import (
     KubeClaims,
     authorize_cluster,
     refusal,
     upstream_headers,
 )
-from multidict import CIMultiDict
-
 from auditcast.errors import AccessDenied, Locked, MFARequired
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from auditcast.collectors.kube.requestinfo import parse_request_info
 
 # "METHOD PATH?QUERY" -> "verb group version resource subresource namespace name" ("-" = empty)

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from auditcast.access.publish import Publisher
 from auditcast.collectors.kube.auditlog import RecentIds
 from auditcast.collectors.kube.webhook import AuditWebhook, follow_gateway_requests
-
 from auditcast.events import Event
 from auditcast.settings import Settings
 from auditcast.topics import ALERTS
