@@ -147,3 +147,19 @@ def test_killed_embedded_broker_is_restarted_and_the_pipeline_flows_again(up: Up
     doc = asyncio.run(_attributed_roundtrip(s, ev))
     assert doc["identity"] == {"user": "carol", "groups": [], "roles": []}
     assert "broker died" in up.log("up")
+
+
+@pytest.mark.slow
+def test_a_service_that_dies_is_restarted_by_up(up: Up) -> None:
+    before = up.service("worker")
+    assert before["state"] == "ready"
+    os.killpg(before["pid"], signal.SIGKILL)  # each child leads its own process group
+
+    def back() -> bool:
+        w = up.service("worker")
+        return w["pid"] not in (None, before["pid"]) and w["state"] == "ready"
+
+    wait_for(back, 90, "worker restarted and ready")
+    after = up.service("worker")
+    assert after["restarts"] == before["restarts"] + 1
+    assert after["last_exit"] == -signal.SIGKILL
