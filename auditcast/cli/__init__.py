@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "rec": "auditcast.collectors.pty.cli:rec",
     "request": "auditcast.access.cli_request:request",
     "ssh-gateway": "auditcast.collectors.ssh.cli:ssh_gateway",
+    "spool": "auditcast.collectors.cli_spool:spool",
     "topics": "auditcast.cli.topics:topics",
     "up": "auditcast.cli.up:up",
     "worker": "auditcast.streams.cli:worker",
