@@ -99,8 +99,8 @@ class Up:
         return path.read_text(errors="replace") if path.exists() else ""
 
 
-def start_up(home: Path) -> Up:
-    env = fresh_env(home)
+def start_up(home: Path, **extra_env: str) -> Up:
+    env = {**fresh_env(home), **extra_env}
     out_path = home.parent / f"{home.name}-up.out"
     with open(out_path, "wb") as out:
         proc = subprocess.Popen(

@@ -11,6 +11,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from auditcast.broker import EmbeddedBroker
 from auditcast.events import Event, Source
 from auditcast.kafka import cluster_info, start_consumer, start_producer
 from auditcast.settings import Settings
@@ -163,3 +164,34 @@ def test_a_service_that_dies_is_restarted_by_up(up: Up) -> None:
     after = up.service("worker")
     assert after["restarts"] == before["restarts"] + 1
     assert after["last_exit"] == -signal.SIGKILL
+
+
+@pytest.mark.slow
+def test_up_on_an_external_kafka_starts_no_broker(broker: EmbeddedBroker, tmp_path: Path) -> None:
+    home = tmp_path / "external"
+    prefix = f"ext{time.monotonic_ns()}."
+    up = start_up(home, AUDITCAST_KAFKA=broker.bootstrap, AUDITCAST_TOPIC_PREFIX=prefix)
+    try:
+        rows = {r["name"]: r for r in up.started["services"]}
+        assert rows["broker"]["state"] == "external" and rows["broker"]["pid"] is None
+        assert rows["broker"]["address"] == broker.bootstrap
+        assert rows["worker"]["state"] == "ready"
+        assert not (home / "run" / "broker.json").exists()
+        topics = asyncio.run(_topics(broker.bootstrap))
+        assert {f"{prefix}events.raw", f"{prefix}identities"} <= topics
+        assert not any("tansu" in cmd for _, cmd in processes_of_home(home))
+    finally:
+        code = stop_up(up)
+    assert kill_leftovers(home) == []
+    assert code == 0
+
+
+async def _topics(bootstrap: str) -> set[str]:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        return set(await admin.list_topics())
+    finally:
+        await admin.close()
