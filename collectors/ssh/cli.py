@@ -30,7 +30,6 @@ def ssh_gateway(host: str | None, port: int | None, as_json: bool) -> None:
 async def _serve(settings: object, host: str | None, port: int | None, as_json: bool) -> None:
     from auditcast.collectors.ssh.service import start_service
     from auditcast.collectors.ssh.wiring import load_inventory, load_roles
-
     from auditcast.settings import Settings
 
     assert isinstance(settings, Settings)

@@ -21,6 +21,7 @@ from typing import Any, Final, cast
 
 import asyncssh
 from asyncssh.public_key import SSHOpenSSHCertificate, decode_ssh_certificate
+
 from auditcast.access.lock_model import Lock, LockSubject
 from auditcast.collectors.ssh.certs import CERT_TYPE_USER, is_certificate, parse_certificate
 from auditcast.collectors.ssh.policy import (
@@ -45,7 +46,6 @@ from auditcast.collectors.ssh.ports import (
 )
 from auditcast.collectors.ssh.scp import scp_direction
 from auditcast.collectors.ssh.sftp import SftpTap, Transfer
-
 from auditcast.errors import InvalidCertificate, Locked
 from auditcast.events import Event, Source
 
@@ -814,8 +814,10 @@ class _RelaySession(asyncssh.SSHServerSession[bytes]):
         if self.exit_signal is not None:
             extra["exit_signal"] = self.exit_signal[0]
         if self.rec is not None:
+            # The recorder keeps its own byte counters for session.end.
+            end_fields = {k: v for k, v in extra.items() if k not in ("bytes_in", "bytes_out")}
             try:
-                await self.rec.end(exit_code, **extra)
+                await self.rec.end(exit_code, **end_fields)
             except Exception:
                 log.exception("recording end failed")
         if self.mode == "exec" and self.command is not None:

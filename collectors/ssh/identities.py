@@ -19,8 +19,8 @@ from typing import Any, Final
 import orjson
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
-from auditcast.collectors.ssh.policy import CertInfo, Grant, grant_from_roles
 
+from auditcast.collectors.ssh.policy import CertInfo, Grant, grant_from_roles
 from auditcast.kafka import resolve_bootstrap
 from auditcast.settings import Settings
 from auditcast.topics import IDENTITIES, topic

@@ -11,7 +11,6 @@ from typing import Any, Protocol
 
 from auditcast.access.lock_model import Lock, LockSubject
 from auditcast.collectors.ssh.policy import CertInfo, Grant, Node
-
 from auditcast.events import Event
 
 

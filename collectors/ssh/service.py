@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any, Final
 
 import asyncssh
+
 from auditcast.collectors.ssh.audit import SpoolAudit
 from auditcast.collectors.ssh.gateway import GatewayKeys, GatewayPolicy, SSHGateway
 from auditcast.collectors.ssh.identities import IdentityRoles
 from auditcast.collectors.ssh.ports import NodeDirectory
-
 from auditcast.errors import ConfigError, MFAInvalid, MFARequired
 from auditcast.settings import Settings
 

@@ -6,7 +6,6 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from auditcast.collectors.ssh.policy import CertInfo, Grant, Node, grant_from_roles
-
 from auditcast.errors import ConfigError
 from auditcast.settings import Settings
 

@@ -70,7 +70,6 @@ async def serve_gateway(settings_json: str, node_port: int) -> None:
     from auditcast.collectors.ssh.policy import Node
     from auditcast.collectors.ssh.service import load_keys, start_service
     from auditcast.collectors.ssh.wiring import StaticNodes
-
     from auditcast.settings import Settings
 
     settings = Settings(**json.loads(settings_json))
@@ -153,7 +152,6 @@ async def setup_time(t: Target) -> list[float]:
 async def lock_latency(settings: Any, port: int, work: Path, known: str, ca: Path) -> list[float]:
     from auditcast.access.lock_model import LockTargets, new_lock
     from auditcast.access.publish import Publisher
-
     from auditcast.topics import LOCKS
 
     pub = Publisher(settings)

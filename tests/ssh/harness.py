@@ -9,10 +9,10 @@ from collections.abc import Callable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer
+
 from auditcast.collectors.ssh.policy import Node
 from auditcast.collectors.ssh.service import GatewayService, ca_dir, load_keys, start_service
 from auditcast.collectors.ssh.wiring import StaticNodes
-
 from auditcast.events import Event, Frame, decode_event, decode_frames
 from auditcast.kafka import resolve_bootstrap
 from auditcast.settings import Settings

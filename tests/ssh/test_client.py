@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 import pytest
-from auditcast.collectors.ssh.client import SshProfile, find_profile, ssh_argv
 
+from auditcast.collectors.ssh.client import SshProfile, find_profile, ssh_argv
 from auditcast.errors import LoginRequired
 from auditcast.settings import Settings
 

@@ -13,8 +13,8 @@ import asyncssh
 import pexpect
 import pyotp
 import pytest
-from auditcast.access.mfa import MFAStore
 
+from auditcast.access.mfa import MFAStore
 from auditcast.events import Event
 from tests.ssh.conftest import RunningGateway, UserCert
 from tests.ssh.harness import read_events

@@ -10,9 +10,9 @@ from collections.abc import Callable
 import orjson
 import pexpect
 import pytest
+
 from auditcast.access.lock_model import LockTargets, new_lock
 from auditcast.access.publish import Publisher
-
 from auditcast.events import Event
 from auditcast.topics import IDENTITIES, LOCKS
 from tests.ssh.conftest import RunningGateway, UserCert

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+
 from auditcast.collectors.ssh.certs import CERT_TYPE_USER, is_certificate, parse_certificate
 from auditcast.collectors.ssh.policy import (
     CertInfo,
@@ -23,7 +24,6 @@ from auditcast.collectors.ssh.policy import (
 )
 from auditcast.collectors.ssh.scp import scp_direction
 from auditcast.collectors.ssh.sftp import SftpTap, Transfer
-
 from auditcast.errors import InvalidCertificate
 from tests.ssh.conftest import ROLES
 
