@@ -72,7 +72,10 @@ def fail(err: AuditcastError) -> None:
 
 def main() -> None:
     try:
-        cli.main(standalone_mode=False)
+        # Without standalone mode click returns (not raises) a ctx.exit(code).
+        code = cli.main(standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except AuditcastError as err:
         fail(err)
     except click.exceptions.Abort:
