@@ -187,3 +187,61 @@ def test_broker_failure_mid_recording_loses_nothing_and_stores_nothing_twice(
     assert all(n == 1 for n in ids.values()), ids
     types = Counter(e["type"] for e in events)
     assert types["session.start"] == 1 and types["session.end"] == 1, types
+
+
+def _read_session_from_topics(
+    up: Up, session_id: str, timeout: float = 60
+) -> tuple[list[dict[str, Any]], bytes]:
+    """session events on `events.audit` and the output bytes on `session.frames`,
+    read straight from up's embedded broker (what the stores will consume)."""
+    import asyncio
+
+    from auditcast.events import decode_frames
+    from auditcast.kafka import start_consumer
+    from auditcast.settings import Settings
+    from auditcast.topics import EVENTS_AUDIT, SESSION_FRAMES
+
+    async def read() -> tuple[list[dict[str, Any]], bytes]:
+        s = Settings(home=up.home)
+        consumer = await start_consumer(s, [EVENTS_AUDIT, SESSION_FRAMES], group_id=None)
+        events: dict[str, dict[str, Any]] = {}
+        frames: dict[int, Any] = {}
+        try:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                for tp, records in (await consumer.getmany(timeout_ms=300)).items():
+                    for r in records:
+                        if tp.topic.endswith(SESSION_FRAMES):
+                            for f in decode_frames(r.value):
+                                if f.session_id == session_id:
+                                    frames[f.seq] = f
+                        else:
+                            doc = orjson.loads(r.value)
+                            if doc.get("session_id") == session_id:
+                                events[doc["id"]] = doc
+                types = {e["type"] for e in events.values()}
+                if {"session.start", "session.end"} <= types and any(
+                    f.kind == "x" for f in frames.values()
+                ):
+                    break
+        finally:
+            await consumer.stop()
+        output = b"".join(frames[k].data for k in sorted(frames) if frames[k].kind == "o")
+        return list(events.values()), output
+
+    return asyncio.run(read())
+
+
+def test_recorded_session_reaches_the_audit_log_attributed_to_the_os_user(up: Up) -> None:
+    if up.service("spool")["state"] == "not available":
+        pytest.skip("spool drainer not built yet")
+    session_id, done = rec(up, "bash", "-c", 'printf "hello\\n"; exit 3')
+    assert done.returncode == 3
+    events, output = _read_session_from_topics(up, session_id)
+    by_type = {e["type"]: e for e in events}
+    assert set(by_type) >= {"session.start", "session.end"}, events
+    end = by_type["session.end"]
+    assert end["exit_code"] == 3
+    assert end["identity"]["user"] == end["user"]
+    assert "duration" in end
+    assert output == b"hello\r\n"
