@@ -15,9 +15,11 @@ import os
 import socket
 import sys
 from dataclasses import asdict, dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import click
+
+from auditcast.cli._util import json_option, print_json
 from auditcast.collectors.pty.command import (
     CommandConflict,
     RecCommand,
@@ -25,21 +27,24 @@ from auditcast.collectors.pty.command import (
     describe_exit,
     resolve_command,
 )
-from auditcast.collectors.pty.recorder import PtySession
+from auditcast.collectors.pty.recorder import CommandNotRunnable, PtySession
 from auditcast.collectors.pty.terminal import get_window_size, raw_mode, terminal_fd
-
-from auditcast.cli._util import json_option, print_json
 from auditcast.events import Source
 from auditcast.logs import setup_logging
 from auditcast.settings import Settings, load_settings
 
+if TYPE_CHECKING:
+    from auditcast.collectors.spool import Spool
+
 log = logging.getLogger("auditcast.rec")
 
 # How long rec waits at the end for the broker to take the session. A broker that is
-# up takes even a 50 MB session in a few seconds; one that is down should not keep the
-# user at an unresponsive prompt: the spool keeps the rest for the drainer.
-DRAIN_TIMEOUT_S: Final = 30.0
-UNREACHABLE_DRAIN_TIMEOUT_S: Final = 2.0
+# up takes even a 50 MB session in a few seconds...
+DRAIN_TIMEOUT_S: Final = 60.0
+# ...but one that cannot be reached should not keep the user at a dead prompt: the
+# spool keeps the session for the drainer (`auditcast up`, `auditcast spool drain`).
+UNREACHABLE_GIVE_UP_S: Final = 5.0
+DRAIN_POLL_S: Final = 0.25
 
 
 @dataclass(frozen=True)
@@ -76,21 +81,39 @@ def _log_to_file(settings: Settings) -> None:
     setup_logging(settings.log_level, stream=stream)
 
 
+async def deliver(spool: Spool, timeout: float = DRAIN_TIMEOUT_S) -> bool:
+    """Wait for the broker to acknowledge everything spooled; False if it is away.
+
+    Gives up after `UNREACHABLE_GIVE_UP_S` if the spool never got a connection, and
+    after `timeout` in any case; what is not delivered stays in the spool.
+    """
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    while True:
+        if await spool.flush(DRAIN_POLL_S):
+            return True
+        waited = loop.time() - t0
+        if waited >= timeout or (not spool.stats.connected and waited >= UNREACHABLE_GIVE_UP_S):
+            return False
+
+
 async def record_session(
     settings: Settings, cmd: RecCommand, title: str | None, capture_input: bool
 ) -> RecResult:
+    """Record `cmd` on a PTY through the spool; returns once delivered or given up."""
     from auditcast.collectors.session import SessionRecorder
     from auditcast.collectors.spool import Spool
 
     term = terminal_fd(1, 0)
     size = get_window_size(term)
     host = socket.gethostname()
+    term_info: dict[str, Any] = {"cols": size.cols, "rows": size.rows}
+    if os.environ.get("TERM"):
+        term_info["type"] = os.environ["TERM"]
+    stdin_fd = _stdin_fd()
     spool = Spool(settings, "rec")
-    await spool.start()
+    await spool.start()  # connects in the background; recording never waits for it
     try:
-        term_info: dict[str, Any] = {"cols": size.cols, "rows": size.rows}
-        if os.environ.get("TERM"):
-            term_info["type"] = os.environ["TERM"]
         recorder = SessionRecorder(
             spool,
             kind="pty",
@@ -102,8 +125,9 @@ async def record_session(
             term=term_info,
         )
         recorder.start()
-        session_id: str = recorder.session_id
-        stdin_fd = _stdin_fd()
+        session_id = recorder.session_id
+        bound = {"session_id": session_id}
+        log.info("recording", extra={**bound, "fields": {"command": cmd.display}})
         session = PtySession(
             cmd.argv,
             recorder,
@@ -114,26 +138,22 @@ async def record_session(
             size=size,
             winch_fd=term,
         )
-        log.info(
-            "recording",
-            extra={"session_id": session_id, "fields": {"command": cmd.display}},
-        )
-        exit_code = 1
+        exit_code: int | None = None
         try:
             with raw_mode(stdin_fd if stdin_fd is not None and os.isatty(stdin_fd) else None):
                 exit_code = await session.run()
+        except CommandNotRunnable as e:
+            exit_code = e.exit_code
+            raise
         finally:
-            # Close the recording even when it failed: the audit log shows how it ended.
+            # Close the recording however it ended: the audit log shows how.
             recorder.end(exit_code)
-        delivered = await spool.flush(DRAIN_TIMEOUT_S)
+        delivered = await deliver(spool)
     finally:
-        await spool.close(drain_timeout=UNREACHABLE_DRAIN_TIMEOUT_S)
+        await spool.close(drain_timeout=0)
     log.info(
         "recorded",
-        extra={
-            "session_id": session_id,
-            "fields": {"exit_code": exit_code, "delivered": delivered},
-        },
+        extra={**bound, "fields": {"exit_code": exit_code, "delivered": delivered}},
     )
     return RecResult(session_id, exit_code, delivered, session.bytes_out, session.bytes_in)
 
@@ -154,9 +174,7 @@ async def record_session(
 )
 @json_option
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
-@click.pass_context
 def rec(
-    ctx: click.Context,
     title: str | None,
     command: str | None,
     capture_stdin: bool,
@@ -184,4 +202,6 @@ def rec(
     if not result.delivered:
         click.echo(undelivered_notice(result), err=True)
     sys.stdout.flush()
-    ctx.exit(result.exit_code)
+    # sys.exit, not ctx.exit: the root runs click with standalone_mode=False, which
+    # turns ctx.exit's code into a return value that nobody reads.
+    sys.exit(result.exit_code)

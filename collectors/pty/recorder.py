@@ -32,7 +32,6 @@ from auditcast.collectors.pty.terminal import (
     get_window_size,
     set_window_size,
 )
-
 from auditcast.errors import AuditcastError
 
 log = logging.getLogger(__name__)

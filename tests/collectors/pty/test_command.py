@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from auditcast.collectors.pty.cli import RecResult, summary_line
 from auditcast.collectors.pty.command import (
     CommandConflict,

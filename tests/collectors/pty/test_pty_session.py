@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
+
 from auditcast.collectors.pty.recorder import CommandNotRunnable, PtySession
 from auditcast.collectors.pty.terminal import WindowSize, set_window_size
-
 from auditcast.errors import SpoolFull
 from tests.collectors.pty.bare_pty import bare_pty_output
 
