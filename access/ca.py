@@ -1,0 +1,335 @@
+"""The auditcast certificate authorities, created on first use in `$AUDITCAST_HOME/ca/`.
+
+- `user_ca` (Ed25519, OpenSSH format): signs users' SSH certificates; nodes trust
+  `user_ca.pub` with `TrustedUserCAKeys`.
+- `host_ca` (Ed25519, OpenSSH format): signs the SSH gateway's host certificate; clients
+  trust it with one `@cert-authority` line in known_hosts.
+- `tls_ca.pem` / `tls_ca.key` (ECDSA P-256 X.509): signs the TLS server certificates of
+  the kube gateway, the audit webhook and the API. P-256 rather than Ed25519 because
+  browsers do not accept Ed25519 TLS certificates.
+- `token_key.pem` (Ed25519): signs short-lived kube tokens and web session tokens (JWT
+  EdDSA). `rotate_token_key` keeps the previous public key trusted (`token_keys.old/`).
+
+Private keys are 0600 in a 0700 folder. Nothing here talks to the network.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import ipaddress
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.serialization import ssh
+from cryptography.x509.oid import NameOID
+
+from auditcast.errors import ConfigError
+from auditcast.settings import Settings
+
+CA_DIR: Final = "ca"
+CREDENTIAL_EXTENSION: Final = "auditcast-credential@auditcast"
+ROLES_EXTENSION: Final = "auditcast-roles@auditcast"
+MFA_EXTENSION: Final = "auditcast-mfa@auditcast"
+# The standard OpenSSH permissions a shell user expects on a certificate.
+DEFAULT_USER_EXTENSIONS: Final = (
+    "permit-X11-forwarding",
+    "permit-agent-forwarding",
+    "permit-port-forwarding",
+    "permit-pty",
+    "permit-user-rc",
+)
+# TLS server certificates are re-issued at every gateway start; 30 days covers a long run.
+SERVER_CERT_TTL: Final = dt.timedelta(days=30)
+TLS_CA_TTL: Final = dt.timedelta(days=3650)
+# Clock skew tolerated on certificates we issue.
+BACKDATE: Final = dt.timedelta(minutes=1)
+
+
+def ca_dir(settings: Settings) -> Path:
+    d = settings.home_dir / CA_DIR
+    d.mkdir(mode=0o700, exist_ok=True)
+    return d
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    tmp.replace(path)
+
+
+def _ssh_ca(d: Path, name: str) -> ed25519.Ed25519PrivateKey:
+    path = d / name
+    if path.exists():
+        key = serialization.load_ssh_private_key(path.read_bytes(), password=None)
+        if not isinstance(key, ed25519.Ed25519PrivateKey):
+            raise ConfigError(f"{path} is not an Ed25519 key")
+        return key
+    key = ed25519.Ed25519PrivateKey.generate()
+    _write_private(
+        path,
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.OpenSSH,
+            serialization.NoEncryption(),
+        ),
+    )
+    pub = key.public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    )
+    (d / f"{name}.pub").write_bytes(pub + f" auditcast-{name}\n".encode())
+    return key
+
+
+def _token_key(d: Path) -> ed25519.Ed25519PrivateKey:
+    path = d / "token_key.pem"
+    if path.exists():
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        if not isinstance(key, ed25519.Ed25519PrivateKey):
+            raise ConfigError(f"{path} is not an Ed25519 key")
+        return key
+    key = ed25519.Ed25519PrivateKey.generate()
+    _write_private(
+        path,
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+    )
+    return key
+
+
+def _tls_ca(d: Path) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    key_path, cert_path = d / "tls_ca.key", d / "tls_ca.pem"
+    if key_path.exists() and cert_path.exists():
+        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise ConfigError(f"{key_path} is not an ECDSA key")
+        return key, x509.load_pem_x509_certificate(cert_path.read_bytes())
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "auditcast host CA")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - BACKDATE)
+        .not_valid_after(now + TLS_CA_TTL)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    _write_private(
+        key_path,
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+    )
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return key, cert
+
+
+def key_id_of(public_key: ed25519.Ed25519PublicKey) -> str:
+    """A stable `kid` for a token-signing key: the SHA-256 of its raw bytes, shortened."""
+    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+@dataclass
+class CertificateAuthority:
+    dir: Path
+    user_ca: ed25519.Ed25519PrivateKey
+    host_ca: ed25519.Ed25519PrivateKey
+    token_key: ed25519.Ed25519PrivateKey
+    tls_key: ec.EllipticCurvePrivateKey
+    tls_cert: x509.Certificate
+
+    @classmethod
+    def load_or_create(cls, settings: Settings) -> CertificateAuthority:
+        d = ca_dir(settings)
+        tls_key, tls_cert = _tls_ca(d)
+        return cls(
+            dir=d,
+            user_ca=_ssh_ca(d, "user_ca"),
+            host_ca=_ssh_ca(d, "host_ca"),
+            token_key=_token_key(d),
+            tls_key=tls_key,
+            tls_cert=tls_cert,
+        )
+
+    # -------------------------------------------------------------- public parts
+
+    @property
+    def tls_ca_path(self) -> Path:
+        return self.dir / "tls_ca.pem"
+
+    def user_ca_line(self) -> str:
+        return (self.dir / "user_ca.pub").read_text().strip()
+
+    def host_ca_known_hosts_line(self, pattern: str = "*") -> str:
+        """The one line that makes OpenSSH trust every host the host CA signed."""
+        return f"@cert-authority {pattern} {(self.dir / 'host_ca.pub').read_text().strip()}"
+
+    @property
+    def token_kid(self) -> str:
+        return key_id_of(self.token_key.public_key())
+
+    def token_public_keys(self) -> dict[str, ed25519.Ed25519PublicKey]:
+        """kid -> public key: the current key and those rotated out but still trusted."""
+        keys = {self.token_kid: self.token_key.public_key()}
+        old = self.dir / "token_keys.old"
+        if old.is_dir():
+            for p in old.glob("*.pub.pem"):
+                pub = serialization.load_pem_public_key(p.read_bytes())
+                if isinstance(pub, ed25519.Ed25519PublicKey):
+                    keys[key_id_of(pub)] = pub
+        return keys
+
+    # -------------------------------------------------------------- signing
+
+    def sign_user_cert(
+        self,
+        public_key: str | bytes,
+        *,
+        key_id: str,
+        principals: list[str],
+        ttl: dt.timedelta,
+        credential_id: str,
+        roles: list[str] | None = None,
+        mfa: bool = False,
+        permissions: tuple[str, ...] = DEFAULT_USER_EXTENSIONS,
+    ) -> str:
+        """An OpenSSH user certificate (one line) for `public_key`."""
+        pub = ssh.load_ssh_public_key(
+            public_key.encode() if isinstance(public_key, str) else public_key
+        )
+        now = dt.datetime.now(dt.UTC)
+        builder = (
+            ssh.SSHCertificateBuilder()
+            .public_key(pub)  # type: ignore[arg-type]
+            .type(ssh.SSHCertificateType.USER)
+            .key_id(key_id.encode())
+            .valid_principals([p.encode() for p in principals])
+            .valid_after(int((now - BACKDATE).timestamp()))
+            .valid_before(int((now + ttl).timestamp()))
+            .serial(int.from_bytes(os.urandom(8), "big"))
+        )
+        extensions = {p: b"" for p in permissions}
+        extensions[CREDENTIAL_EXTENSION] = credential_id.encode()
+        if roles:
+            extensions[ROLES_EXTENSION] = ",".join(roles).encode()
+        if mfa:
+            extensions[MFA_EXTENSION] = b"1"
+        for name in sorted(extensions):
+            builder = builder.add_extension(name.encode(), extensions[name])
+        cert = builder.sign(self.user_ca)
+        return cert.public_bytes().decode() + f" {key_id}@auditcast"
+
+    def sign_host_cert(
+        self, public_key: str | bytes, *, principals: list[str], ttl: dt.timedelta, key_id: str
+    ) -> str:
+        pub = ssh.load_ssh_public_key(
+            public_key.encode() if isinstance(public_key, str) else public_key
+        )
+        now = dt.datetime.now(dt.UTC)
+        cert = (
+            ssh.SSHCertificateBuilder()
+            .public_key(pub)  # type: ignore[arg-type]
+            .type(ssh.SSHCertificateType.HOST)
+            .key_id(key_id.encode())
+            .valid_principals([p.encode() for p in principals])
+            .valid_after(int((now - BACKDATE).timestamp()))
+            .valid_before(int((now + ttl).timestamp()))
+            .serial(int.from_bytes(os.urandom(8), "big"))
+            .sign(self.host_ca)
+        )
+        return cert.public_bytes().decode()
+
+    def issue_tls_cert(self, name: str, hosts: list[str]) -> tuple[bytes, bytes]:
+        """(cert PEM, key PEM) for a TLS server known as `hosts` (DNS names or IPs)."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = dt.datetime.now(dt.UTC)
+        sans: list[x509.GeneralName] = []
+        for h in dict.fromkeys(hosts):
+            try:
+                sans.append(x509.IPAddress(ipaddress.ip_address(h)))
+            except ValueError:
+                sans.append(x509.DNSName(h))
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+            .issuer_name(self.tls_cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - BACKDATE)
+            .not_valid_after(now + SERVER_CERT_TTL)
+            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
+            )
+            .sign(self.tls_key, hashes.SHA256())
+        )
+        key_pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        return cert.public_bytes(serialization.Encoding.PEM), key_pem
+
+    # -------------------------------------------------------------- rotation
+
+    def rotate_token_key(self) -> str:
+        """New token-signing key; the old public key stays trusted. Returns the new kid."""
+        old_dir = self.dir / "token_keys.old"
+        old_dir.mkdir(mode=0o700, exist_ok=True)
+        old_pub = self.token_key.public_key()
+        (old_dir / f"{key_id_of(old_pub)}.pub.pem").write_bytes(
+            old_pub.public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        )
+        (self.dir / "token_key.pem").unlink()
+        self.token_key = _token_key(self.dir)
+        return self.token_kid
+
+
+def load_ca(settings: Settings) -> CertificateAuthority:
+    return CertificateAuthority.load_or_create(settings)
+
+
+def issue_server_cert(settings: Settings, name: str, hosts: list[str]) -> tuple[Path, Path]:
+    """Write a fresh TLS server certificate for `name` under the CA dir; return its paths."""
+    ca = load_ca(settings)
+    cert_pem, key_pem = ca.issue_tls_cert(name, [*hosts, "localhost", "127.0.0.1"])
+    d = ca.dir / "servers"
+    d.mkdir(mode=0o700, exist_ok=True)
+    cert_path, key_path = d / f"{name}.crt", d / f"{name}.key"
+    _write_private(key_path, key_pem)
+    cert_path.write_bytes(cert_pem + ca.tls_cert.public_bytes(serialization.Encoding.PEM))
+    return cert_path, key_path
