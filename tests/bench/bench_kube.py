@@ -10,8 +10,10 @@ exec tap) and this client. Measured in the same run against the same double:
 3. exec stdout throughput: `cat` of a 200 MB file over the v5.channel.k8s.io WebSocket,
    through the gateway (decoding every frame for the recording tap) vs direct.
 
-Events go to a counting sink in the gateway process (not the Kafka spool), so the
-figures are the proxy's own cost. `python -m tests.bench.bench_kube` prints one JSON.
+Two gateways: `gateway` sends its events to a counting sink (the proxy's own cost);
+`gateway_recorded` is the production setup, recording through the real Spool and
+SessionRecorder (events to the embedded broker, every exec byte into the recording).
+`python -m tests.bench.bench_kube` prints one JSON object.
 """
 
 from __future__ import annotations
@@ -54,11 +56,10 @@ def percentiles(samples: list[float]) -> dict[str, float]:
 
 # -- the gateway process ---------------------------------------------------------------
 async def serve_gateway(
-    upstream: dict[str, str], workdir: Path, settings_json: str | None = None
+    upstream: dict[str, str], workdir: Path, settings_json: str | None = None, record: bool = False
 ) -> None:
     from auditcast.collectors.kube.gateway import KubeGateway
     from auditcast.collectors.kube.upstreams import UpstreamCluster
-
     from tests.kube.conftest import CollectingSink, TokenMint
     from tests.kubeapi.pki import TestCA
 
@@ -80,19 +81,38 @@ async def serve_gateway(
     )
     gw = KubeGateway({"dev-cluster": cluster}, mint.verify, CountingSink())
     view = None
+    spool: Any = None
     if settings_json:
         from auditcast.access.locks import LockView
         from auditcast.collectors.kube.wiring import lock_subject
-
         from auditcast.settings import Settings
 
-        view = LockView(Settings(**json.loads(settings_json)))
+        settings = Settings(**json.loads(settings_json))
+        view = LockView(settings)
         await view.start()
         gw.locks, gw.subject_of = view, lock_subject
+        if record:
+            from auditcast.collectors.session import SessionRecorder
+            from auditcast.collectors.spool import Spool
+
+            spool = Spool(settings, "kube-gateway-bench")
+            await spool.start()
+            gw.sink = spool
+
+            def recorder(kind: str, **fields: Any) -> Any:
+                return SessionRecorder(spool, kind=kind, **fields)
+
+            gw.recorder = recorder
     await gw.start("127.0.0.1", 0, tls)
     token = mint.mint("alice", ttl=3600)
     lock_tokens = [mint.mint(f"user{i}", ttl=3600) for i in range(N_LOCK_TRIALS)]
-    doc = {"port": gw.port, "ca": str(ca_path), "token": token, "lock_tokens": lock_tokens}
+    doc = {
+        "port": gw.port,
+        "ca": str(ca_path),
+        "token": token,
+        "lock_tokens": lock_tokens,
+        "sink": "spool+SessionRecorder" if spool is not None else "counting sink",
+    }
     sys.stdout.write(json.dumps(doc) + "\n")
     sys.stdout.flush()
     stop = asyncio.Event()
@@ -103,6 +123,8 @@ async def serve_gateway(
     await gw.stop()
     if view is not None:
         await view.stop()
+    if spool is not None:
+        await spool.close(5)
 
 
 # -- the client ------------------------------------------------------------------------
@@ -189,26 +211,28 @@ async def lock_to_close(gw: dict[str, Any], settings: Any) -> dict[str, Any]:
     return percentiles(samples) | {"n": len(samples)}
 
 
+def _via(gw: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "url": f"https://127.0.0.1:{gw['port']}/cluster/dev-cluster",
+        "headers": {"Authorization": f"Bearer {gw['token']}"},
+        "ctx": ssl.create_default_context(cafile=gw["ca"]),
+    }
+
+
 async def measure(
-    upstream: dict[str, str], gw: dict[str, Any], settings: Any = None
+    upstream: dict[str, str], gateways: dict[str, dict[str, Any]], settings: Any
 ) -> dict[str, Any]:
-    direct_ctx = ssl.create_default_context(cafile=upstream["ca"])
-    gw_ctx = ssl.create_default_context(cafile=gw["ca"])
     direct = {
         "url": upstream["url"],
         "headers": {"Authorization": f"Bearer {upstream['admin_token']}"},
-        "ctx": direct_ctx,
+        "ctx": ssl.create_default_context(cafile=upstream["ca"]),
     }
-    via = {
-        "url": f"https://127.0.0.1:{gw['port']}/cluster/dev-cluster",
-        "headers": {"Authorization": f"Bearer {gw['token']}"},
-        "ctx": gw_ctx,
-    }
+    targets = {"direct": direct, **{name: _via(gw) for name, gw in gateways.items()}}
     # Rounds alternate direct and gateway so that load from other processes on this
     # shared machine hits both alike; each figure is the median over the rounds.
-    rounds: dict[str, list[dict[str, float]]] = {"direct": [], "gateway": []}
+    rounds: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
     for _ in range(ROUNDS):
-        for name, target in (("direct", direct), ("gateway", via)):
+        for name, target in targets.items():
             conn = aiohttp.TCPConnector(ssl=target["ctx"], limit=CONCURRENCY)
             async with aiohttp.ClientSession(connector=conn) as s:
                 url = target["url"] + PODS_PATH
@@ -220,13 +244,16 @@ async def measure(
     results: dict[str, Any] = {"rounds": ROUNDS}
     for name, rs in rounds.items():
         results[name] = {k: round(statistics.median(r[k] for r in rs), 3) for k in rs[0]}
-    d, g = results["direct"], results["gateway"]
-    results["added_latency_p50_ms"] = round(g["p50_ms"] - d["p50_ms"], 3)
-    results["added_latency_p99_ms"] = round(g["p99_ms"] - d["p99_ms"], 3)
-    results["rps_ratio"] = round(g["rps_c32"] / d["rps_c32"], 3)
-    results["exec_throughput_ratio"] = round(g["exec_MBps"] / d["exec_MBps"], 3)
-    if settings is not None:
-        results["lock_created_to_exec_closed"] = await lock_to_close(gw, settings)
+    d = results["direct"]
+    for name in gateways:
+        g = results[name]
+        g["added_latency_p50_ms"] = round(g["p50_ms"] - d["p50_ms"], 3)
+        g["added_latency_p99_ms"] = round(g["p99_ms"] - d["p99_ms"], 3)
+        g["rps_ratio"] = round(g["rps_c32"] / d["rps_c32"], 3)
+        g["exec_throughput_ratio"] = round(g["exec_MBps"] / d["exec_MBps"], 3)
+    results["lock_created_to_exec_closed"] = await lock_to_close(
+        gateways["gateway_recorded"], settings
+    )
     return results
 
 
@@ -249,9 +276,11 @@ def main() -> None:
     parser.add_argument("--serve-gateway", help="upstream JSON (internal)")
     parser.add_argument("--workdir", type=Path)
     parser.add_argument("--settings", help="Settings JSON for the lock view (internal)")
+    parser.add_argument("--record", action="store_true", help="spool + recorder (internal)")
     args = parser.parse_args()
     if args.serve_gateway:
-        asyncio.run(serve_gateway(json.loads(args.serve_gateway), args.workdir, args.settings))
+        upstream = json.loads(args.serve_gateway)
+        asyncio.run(serve_gateway(upstream, args.workdir, args.settings, args.record))
         return
     from auditcast.broker import EmbeddedBroker
     from auditcast.kafka import ensure_topics
@@ -271,22 +300,17 @@ def main() -> None:
         asyncio.run(ensure_topics(settings))
         settings_json = json.dumps({"home": str(settings.home), "kafka": settings.kafka})
         up_proc, upstream = _spawn(["-m", "tests.kubeapi", "--workdir", str(work / "upstream")])
-        gw_proc, gw = _spawn(
-            [
-                "-m",
-                "tests.bench.bench_kube",
-                "--serve-gateway",
-                json.dumps(upstream),
-                "--workdir",
-                str(work),
-                "--settings",
-                settings_json,
-            ]
-        )
+        procs = [up_proc]
+        gateways = {}
+        for name, extra in (("gateway", []), ("gateway_recorded", ["--record"])):
+            args = ["-m", "tests.bench.bench_kube", "--serve-gateway", json.dumps(upstream)]
+            args += ["--workdir", str(work / name), "--settings", settings_json, *extra]
+            proc, gateways[name] = _spawn(args)
+            procs.append(proc)
         try:
-            results = asyncio.run(measure(upstream, gw, settings))
+            results = asyncio.run(measure(upstream, gateways, settings))
         finally:
-            for p in (gw_proc, up_proc):
+            for p in reversed(procs):
                 p.send_signal(signal.SIGTERM)
                 p.wait(10)
             broker.stop()
