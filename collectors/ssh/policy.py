@@ -8,11 +8,12 @@ whose message is what the user reads in their terminal.
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
+
+from auditcast.access.roles import labels_allowed
 
 # Extension that access.ca puts on every user certificate (docs/SEAMS.md).
 CREDENTIAL_EXTENSION: Final = "auditcast-credential@auditcast"
@@ -57,9 +58,9 @@ class Grant:
 
     roles: tuple[str, ...] = ()
     logins: frozenset[str] = frozenset()
-    node_labels: Mapping[str, Sequence[str]] = field(default_factory=dict)
-    node_labels_deny: Sequence[Mapping[str, Sequence[str]]] = ()
-    node_labels_any: Sequence[Mapping[str, Sequence[str]]] = ()
+    # one allow selector per role (any may match), one deny selector per role (any denies)
+    node_labels_any: Sequence[Mapping[str, list[str]]] = ()
+    node_labels_deny: Sequence[Mapping[str, list[str]]] = ()
     require_session_mfa: bool = False
     allow_file_transfer: bool = False
     allow_port_forwarding: bool = False
@@ -96,32 +97,10 @@ def parse_destination(username: str) -> Destination | Refusal:
     return Destination(login=login, node=node)
 
 
-def _value_allowed(value: str, patterns: Iterable[str]) -> bool:
-    return any(p == WILDCARD or fnmatch.fnmatchcase(value, p) for p in patterns)
-
-
-def labels_match(labels: Mapping[str, str], selector: Mapping[str, Sequence[str]]) -> bool:
-    """Every key of the selector is present on the node with an allowed value.
-
-    `{"*": ["*"]}` matches every node, as in Teleport's `node_labels`.
-    """
-    for key, patterns in selector.items():
-        if key == WILDCARD:
-            if not _value_allowed(WILDCARD, patterns):
-                return False
-            continue
-        value = labels.get(key)
-        if value is None or not _value_allowed(value, patterns):
-            return False
-    return True
-
-
 def node_allowed(labels: Mapping[str, str], grant: Grant) -> bool:
-    """Some role's allow selector matches and no role's deny selector does."""
-    selectors = list(grant.node_labels_any) or ([grant.node_labels] if grant.node_labels else [])
-    if not any(labels_match(labels, s) for s in selectors):
-        return False
-    return not any(s and labels_match(labels, s) for s in grant.node_labels_deny)
+    """Some role's allow selector matches and no role's deny selector does (the same
+    rule as for Kubernetes clusters: access.roles.labels_allowed)."""
+    return labels_allowed(grant.node_labels_any, grant.node_labels_deny, labels)
 
 
 def cert_time_refusal(cert: CertInfo, now: datetime | None = None) -> Refusal | None:
@@ -187,16 +166,15 @@ def _field(role: Any, name: str, default: Any) -> Any:
     return getattr(role, name, default)
 
 
-def _selector(value: Any) -> dict[str, tuple[str, ...]]:
-    """`{"env": "staging"}` or `{"env": ["staging", "dev"]}` -> key -> patterns."""
+def _selector(value: Any) -> dict[str, list[str]]:
+    """`{"env": "staging"}`, `{"env": ["staging", "dev"]}` or `"*"` -> label -> values."""
     if not value:
         return {}
-    if not isinstance(value, Mapping):  # a model object with .allow-like dict form
-        value = dict(value)
-    out: dict[str, tuple[str, ...]] = {}
-    for k, v in value.items():
-        out[str(k)] = (str(v),) if isinstance(v, str) else tuple(str(x) for x in v)
-    return out
+    if value == WILDCARD:
+        return {WILDCARD: [WILDCARD]}
+    return {
+        str(k): [str(v)] if isinstance(v, str) else [str(x) for x in v] for k, v in value.items()
+    }
 
 
 def grant_from_roles(names: Iterable[str], roles: Mapping[str, Any]) -> Grant:
@@ -208,8 +186,8 @@ def grant_from_roles(names: Iterable[str], roles: Mapping[str, Any]) -> Grant:
     """
     known = [n for n in names if n in roles]
     logins: set[str] = set()
-    allow: list[Mapping[str, Sequence[str]]] = []
-    deny: list[Mapping[str, Sequence[str]]] = []
+    allow: list[Mapping[str, list[str]]] = []
+    deny: list[Mapping[str, list[str]]] = []
     mfa = transfer = ports = agent = False
     for name in known:
         role = roles[name]

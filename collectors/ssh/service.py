@@ -6,7 +6,7 @@ import logging
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
+from datetime import timedelta
 from typing import Any, Final
 
 import asyncssh
@@ -23,36 +23,32 @@ log = logging.getLogger(__name__)
 SPOOL_NAME: Final = "ssh-gateway"
 # The gateway's host certificate is re-signed at every start; a day outlives any run
 # between restarts of a lab setup and still expires soon after the CA is rotated.
-HOST_CERT_TTL: Final = "+1d"
-
-
-def ca_dir(settings: Settings) -> Path:
-    return settings.home_dir / "ca"
+HOST_CERT_TTL: Final = timedelta(days=1)
 
 
 def load_keys(settings: Settings, host_names: tuple[str, ...] = ()) -> GatewayKeys:
-    """The user and host CAs from `$AUDITCAST_HOME/ca/` (written by access.ca), and a
-    fresh gateway host key certified by the host CA for the names users connect to."""
-    d = ca_dir(settings)
+    """The user CA from access.ca (created on first use), and a fresh gateway host key
+    certified by the host CA for the names users connect to."""
+    from auditcast.access.ca import load_ca
+
+    ca = load_ca(settings)
     try:
-        user_ca = asyncssh.read_private_key(d / "user_ca")
-        host_ca = asyncssh.read_private_key(d / "host_ca")
+        user_ca = asyncssh.read_private_key(ca.dir / "user_ca")
     except (OSError, asyncssh.KeyImportError) as e:
-        raise ConfigError(
-            f"cannot read the auditcast CAs in {d}: {e}",
-            hint="run `auditcast up` once (it creates the CAs) or point AUDITCAST_HOME at them",
-        ) from None
+        raise ConfigError(f"cannot read the auditcast user CA in {ca.dir}: {e}") from None
     host_key = asyncssh.generate_private_key("ssh-ed25519")
     names = host_names or ("localhost", "127.0.0.1", socket.gethostname())
-    host_cert = host_ca.generate_host_certificate(
-        host_key, "auditcast-ssh-gateway", principals=list(names), valid_before=HOST_CERT_TTL
+    line = ca.sign_host_cert(
+        host_key.export_public_key().decode(),
+        principals=list(names),
+        ttl=HOST_CERT_TTL,
+        key_id="auditcast-ssh-gateway",
     )
-    host_ca_line = host_ca.export_public_key().decode().strip()
     return GatewayKeys(
         user_ca=user_ca,
         host_key=host_key,
-        host_cert=host_cert,
-        node_known_hosts=f"@cert-authority * {host_ca_line}\n",
+        host_cert=asyncssh.import_certificate(line),
+        node_known_hosts=ca.host_ca_known_hosts_line() + "\n",
     )
 
 

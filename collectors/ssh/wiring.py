@@ -35,14 +35,10 @@ class RoleGrants:
 
 def load_inventory(settings: Settings) -> StaticNodes:
     """Nodes from the access inventory: name, labels, and `address`/`port` extras."""
-    try:
-        from auditcast.access import inventory
-    except ImportError:
-        raise ConfigError(
-            "the node inventory (access.inventory) is not available in this build"
-        ) from None
+    from auditcast.access.inventory import load_nodes
+
     nodes: list[Node] = []
-    for n in inventory.load_nodes(settings):
+    for n in load_nodes(settings):
         extra = dict(getattr(n, "extra", {}) or {})
         nodes.append(
             Node(

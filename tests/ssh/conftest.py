@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -59,30 +60,32 @@ if not sshd_available():  # pragma: no cover - the README installs openssh-serve
 
 @dataclass
 class Pki:
-    dir: Path
-    user_ca: Path  # private key; .pub beside it
-    host_ca: Path
+    """The auditcast CAs (access.ca layout), shared by the nodes and every test's home."""
+
+    ca_dir: Path
     other_ca: Path  # a CA the gateway does not trust
+    known_hosts: Path  # what `auditcast login` writes: trust the host CA
 
     @property
-    def known_hosts(self) -> Path:
-        """What `auditcast login` writes: trust the gateway's host certificate."""
-        return self.dir / "known_hosts"
+    def user_ca(self) -> Path:
+        return self.ca_dir / "user_ca"
 
-
-def _keygen_ca(path: Path) -> None:
-    subprocess.run([SSH_KEYGEN, "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
+    @property
+    def host_ca(self) -> Path:
+        return self.ca_dir / "host_ca"
 
 
 @pytest.fixture(scope="session")
 def ssh_pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    from auditcast.access.ca import load_ca
+
     d = tmp_path_factory.mktemp("ssh-pki")
-    pki = Pki(d, d / "user_ca", d / "host_ca", d / "other_ca")
-    for p in (pki.user_ca, pki.host_ca, pki.other_ca):
-        _keygen_ca(p)
-    host_ca_pub = (d / "host_ca.pub").read_text().strip()
-    pki.known_hosts.write_text(f"@cert-authority * {host_ca_pub}\n")
-    return pki
+    ca = load_ca(Settings(home=d / "home"))
+    other = d / "other_ca"
+    subprocess.run([SSH_KEYGEN, "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    known = d / "known_hosts"
+    known.write_text(ca.host_ca_known_hosts_line() + "\n")
+    return Pki(ca_dir=ca.dir, other_ca=other, known_hosts=known)
 
 
 @pytest.fixture(scope="session")
@@ -94,7 +97,7 @@ def ssh_nodes(
     try:
         for name, labels in NODE_LABELS.items():
             nodes[name] = start_node(
-                name, labels, base, ssh_pki.dir / "user_ca.pub", ssh_pki.host_ca
+                name, labels, base, ssh_pki.ca_dir / "user_ca.pub", ssh_pki.host_ca
             )
         yield nodes
     finally:
@@ -124,7 +127,7 @@ def issue_cert(ssh_pki: Pki, tmp_path: Path) -> Callable[..., UserCert]:
         *,
         principals: tuple[str, ...] = ("root",),
         roles: tuple[str, ...] = ("dev",),
-        validity: str = "-5m:+1h",
+        validity: str | None = None,
         ca: Path | None = None,
         credential_id: str | None = None,
         roles_in_cert: bool = True,
@@ -133,10 +136,25 @@ def issue_cert(ssh_pki: Pki, tmp_path: Path) -> Callable[..., UserCert]:
         key = tmp_path / f"id_{user}_{n}"
         cred = credential_id or f"cred-{user}-{n}-{os.getpid()}"
         subprocess.run([SSH_KEYGEN, "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+        if ca is None and validity is None:
+            # What `auditcast login` does: access.ca signs with the user CA.
+            from auditcast.access.ca import load_ca
+
+            line = load_ca(Settings(home=ssh_pki.ca_dir.parent)).sign_user_cert(
+                Path(f"{key}.pub").read_text(),
+                key_id=user,
+                principals=list(principals),
+                ttl=timedelta(hours=1),
+                credential_id=cred,
+                roles=list(roles) if roles_in_cert else None,
+            )
+            Path(f"{key}-cert.pub").write_text(line + "\n")
+            return UserCert(key=key, user=user, credential_id=cred)
+        # Certificates access.ca would never issue (expired, foreign CA): ssh-keygen.
         subprocess.run(
             [
                 SSH_KEYGEN, "-q", "-s", str(ca or ssh_pki.user_ca), "-I", user,
-                "-n", ",".join(principals), "-V", validity, "-z", str(n + 1),
+                "-n", ",".join(principals), "-V", validity or "-5m:+1h", "-z", str(n + 1),
                 "-O", f"extension:auditcast-credential@auditcast={cred}",
                 *(["-O", f"extension:auditcast-roles@auditcast={','.join(roles)}"]
                   if roles_in_cert else []),

@@ -11,7 +11,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer
 
 from auditcast.collectors.ssh.policy import Node
-from auditcast.collectors.ssh.service import GatewayService, ca_dir, load_keys, start_service
+from auditcast.collectors.ssh.service import GatewayService, load_keys, start_service
 from auditcast.collectors.ssh.wiring import StaticNodes
 from auditcast.events import Event, Frame, decode_event, decode_frames
 from auditcast.kafka import resolve_bootstrap
@@ -22,10 +22,8 @@ from auditcast.topics import EVENTS_RAW, SESSION_FRAMES, topic
 async def start_gateway(
     settings: Settings, pki: Any, nodes: dict[str, Any], roles: dict[str, Any]
 ) -> GatewayService:
-    d = ca_dir(settings)
-    d.mkdir(parents=True, exist_ok=True, mode=0o700)
-    for name in ("user_ca", "user_ca.pub", "host_ca", "host_ca.pub"):
-        shutil.copy(pki.dir / name, d / name)
+    # Every test's home shares the session's CAs: the sshd nodes trust that user CA.
+    shutil.copytree(pki.ca_dir, settings.home_dir / "ca", dirs_exist_ok=True)
     inventory = StaticNodes(
         Node(name=n.name, address="127.0.0.1", port=n.port, labels=n.labels) for n in nodes.values()
     )
