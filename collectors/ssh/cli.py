@@ -6,8 +6,9 @@ import asyncio
 import signal
 
 import click
+import orjson
 
-from auditcast.cli._util import json_option, print_json
+from auditcast.cli._util import json_option
 from auditcast.logs import setup_logging
 from auditcast.settings import load_settings
 
@@ -37,8 +38,8 @@ async def _serve(settings: object, host: str | None, port: int | None, as_json: 
         settings, load_inventory(settings), load_roles(settings), host=host, port=port
     )
     info = {"ssh_gateway": f"{host or settings.bind_host}:{svc.port}"}
-    if as_json:
-        print_json(info)
+    if as_json:  # one line, so a supervisor can read it as soon as the port is open
+        click.echo(orjson.dumps(info).decode())
     else:
         click.echo(f"ssh gateway listening on {info['ssh_gateway']}", err=True)
     stop = asyncio.Event()
