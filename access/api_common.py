@@ -11,15 +11,13 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
-from auditcast.access.publish import Publisher
 from fastapi import FastAPI, HTTPException, Request
 
+from auditcast.access.publish import Publisher
 from auditcast.errors import AccessDenied, AuditcastError
 from auditcast.settings import Settings, load_settings
 
 T = TypeVar("T")
-
-ADMIN_ROLE = "admin"
 
 
 class Caller(Protocol):
@@ -71,9 +69,24 @@ async def call(fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
         raise HTTPException(status_code=422, detail={"error": str(e), "hint": None}) from None
 
 
-def require_admin(caller: Caller) -> None:
-    if ADMIN_ROLE not in caller.roles:
-        raise http_error(AccessDenied(f"{caller.user} needs the {ADMIN_ROLE} role for this"))
+def is_admin(settings: Settings, roles: list[str]) -> bool:
+    """Any of the roles has `admin: true` in roles.yaml (the shipped `admin` role does)."""
+    from auditcast.access.roles import effective_access, load_roles
+
+    try:
+        return effective_access(roles, load_roles(settings)).admin
+    except AuditcastError as e:
+        raise http_error(e) from None
+
+
+def require_admin(request: Request, caller: Caller) -> None:
+    if not is_admin(app_settings(request.app), list(caller.roles)):
+        raise http_error(
+            AccessDenied(
+                f"{caller.user} needs an admin role for this",
+                hint="roles with `admin: true` in roles.yaml may manage locks",
+            )
+        )
 
 
 def app_settings(app: FastAPI) -> Settings:

@@ -11,6 +11,9 @@ from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
 
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
+
 from auditcast.access.api_common import (
     Caller,
     app_publisher,
@@ -22,8 +25,6 @@ from auditcast.access.api_common import (
 )
 from auditcast.access.lock_authority import LockAuthority
 from auditcast.access.lock_model import LockMode, LockTargets, new_lock
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
-from pydantic import BaseModel, ConfigDict, Field
 
 
 @asynccontextmanager
@@ -61,7 +62,7 @@ def _authority(request: Request) -> LockAuthority:
 async def list_locks(
     request: Request, caller: Caller = Depends(caller_dependency)
 ) -> list[dict[str, Any]]:
-    require_admin(caller)
+    require_admin(request, caller)
     return [lk.to_dict() for lk in await call(_authority(request).active)]
 
 
@@ -69,7 +70,7 @@ async def list_locks(
 async def create_lock(
     body: LockCreate, request: Request, caller: Caller = Depends(caller_dependency)
 ) -> dict[str, Any]:
-    require_admin(caller)
+    require_admin(request, caller)
     try:
         lock = new_lock(
             body.targets,
@@ -89,7 +90,7 @@ async def create_lock(
 async def delete_lock(
     name: str, request: Request, caller: Caller = Depends(caller_dependency)
 ) -> dict[str, Any]:
-    require_admin(caller)
+    require_admin(request, caller)
     lock = await call(_authority(request).delete, name, by=caller.user)
     return lock.to_dict()
 

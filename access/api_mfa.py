@@ -12,6 +12,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+from fastapi import APIRouter, Depends, FastAPI, Request
+from pydantic import BaseModel, ConfigDict, Field
+
 from auditcast.access.api_common import (
     Caller,
     app_publisher,
@@ -21,8 +24,6 @@ from auditcast.access.api_common import (
     service,
 )
 from auditcast.access.mfa import DEVICE_NAME_MAX, MFAService
-from fastapi import APIRouter, Depends, FastAPI, Request
-from pydantic import BaseModel, ConfigDict, Field
 
 
 @asynccontextmanager

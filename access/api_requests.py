@@ -12,6 +12,9 @@ from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
 
+from fastapi import APIRouter, Depends, FastAPI, Request
+from pydantic import BaseModel, ConfigDict, Field
+
 from auditcast.access.api_common import (
     Caller,
     api_url,
@@ -27,9 +30,6 @@ from auditcast.access.requests import (
     Policies,
     RequestService,
 )
-from fastapi import APIRouter, Depends, FastAPI, Request
-from pydantic import BaseModel, ConfigDict, Field
-
 from auditcast.settings import Settings
 
 
@@ -38,7 +38,7 @@ def role_policies(settings: Settings) -> Policies:
     an edited roles.yaml takes effect without a restart."""
     from auditcast.access.roles import load_roles
 
-    return load_roles(settings).roles
+    return load_roles(settings)
 
 
 @asynccontextmanager
@@ -120,7 +120,6 @@ async def get_request(
             return _out(r)
     req = await call(svc.get, request_id)  # 404 when it does not exist at all
     from auditcast.access.api_common import http_error
-
     from auditcast.errors import AccessDenied
 
     raise http_error(AccessDenied(f"access request {req.id} is neither yours nor yours to review"))

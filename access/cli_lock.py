@@ -11,8 +11,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import click
-from auditcast.access.cli_common import api_call
 
+from auditcast.access.cli_common import api_call
 from auditcast.cli._util import json_option, parse_duration, print_json
 
 TARGET_OPTIONS = (

@@ -11,9 +11,9 @@ import os
 
 import click
 import qrcode
+
 from auditcast.access.cli_common import api_call
 from auditcast.access.mfa import new_secret, provisioning_uri
-
 from auditcast.cli._util import json_option, print_json
 from auditcast.errors import MFARequired
 

@@ -24,7 +24,6 @@ from typing import Any, Final
 from auditcast.access.access_db import connect
 from auditcast.access.lock_model import Lock, decode_lock
 from auditcast.access.publish import Publisher, audit_event
-
 from auditcast.errors import AuditcastError, BrokerUnavailable, NotFound
 from auditcast.events import Event, Source
 from auditcast.kafka import cluster_info, ensure_topics, resolve_bootstrap

@@ -30,8 +30,8 @@ from typing import Final
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
-from auditcast.access.lock_model import Lock, LockIndex, LockMode, LockSubject, decode_lock
 
+from auditcast.access.lock_model import Lock, LockIndex, LockMode, LockSubject, decode_lock
 from auditcast.errors import BrokerUnavailable, Locked, MalformedMessage
 from auditcast.kafka import consumer_config, resolve_bootstrap
 from auditcast.settings import Settings

@@ -23,9 +23,9 @@ from datetime import UTC, datetime
 from typing import Final
 
 import pyotp
+
 from auditcast.access.access_db import connect
 from auditcast.access.publish import Publisher, audit_event
-
 from auditcast.errors import MFAInvalid, MFARequired
 from auditcast.events import Source
 from auditcast.settings import Settings, load_settings

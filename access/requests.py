@@ -24,11 +24,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Literal, Protocol
 
 import orjson
+from pydantic import BaseModel, ConfigDict, Field, field_serializer
+
 from auditcast.access.access_db import connect
 from auditcast.access.notify import post_webhook, request_message
 from auditcast.access.publish import Publisher, audit_event
-from pydantic import BaseModel, ConfigDict, Field, field_serializer
-
 from auditcast.errors import AccessDenied, AuditcastError, NotFound
 from auditcast.events import Source, format_time, new_event_id
 from auditcast.settings import Settings, load_settings

@@ -21,9 +21,9 @@ from typing import Any
 
 import uvicorn
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from auditcast.access.locks import LockView
 from fastapi import FastAPI, Header, HTTPException
 
+from auditcast.access.locks import LockView
 from auditcast.broker import free_port
 from auditcast.settings import Settings
 from auditcast.topics import LOCKS, topic

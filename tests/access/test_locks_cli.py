@@ -85,7 +85,7 @@ def test_only_admins_may_lock(
 ) -> None:
     res = run_cli(api, cli_env, "lock", "--user", "alice", token=CONTRACTOR)
     assert res.returncode == 7
-    assert "error: carol needs the admin role for this" in res.stderr
+    assert "error: carol needs an admin role for this" in res.stderr
     res = run_cli(api, cli_env, "lock", "ls", token=CONTRACTOR)
     assert res.returncode == 7
 

@@ -7,6 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
+from pydantic import ValidationError
+
 from auditcast.access.lock_model import (
     Lock,
     LockIndex,
@@ -15,8 +17,6 @@ from auditcast.access.lock_model import (
     decode_lock,
     new_lock,
 )
-from pydantic import ValidationError
-
 from auditcast.errors import MalformedMessage
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)

@@ -11,10 +11,10 @@ from pathlib import Path
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
+
 from auditcast.access.lock_authority import LockAuthority, LockExists
 from auditcast.access.lock_model import LockSubject, LockTargets, new_lock
 from auditcast.access.locks import LockView
-
 from auditcast.broker import EmbeddedBroker
 from auditcast.errors import Locked, NotFound
 from auditcast.kafka import ensure_topics

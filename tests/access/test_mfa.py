@@ -9,6 +9,7 @@ import orjson
 import pyotp
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
+
 from auditcast.access.mfa import (
     STEP_S,
     MFAService,
@@ -17,7 +18,6 @@ from auditcast.access.mfa import (
     totp_step,
     verify_session_mfa,
 )
-
 from auditcast.errors import MFAInvalid, MFARequired
 from auditcast.settings import Settings
 from auditcast.topics import EVENTS_RAW, topic

@@ -12,9 +12,9 @@ import pyotp
 import pytest
 import qrcode
 from aiokafka import AIOKafkaConsumer, TopicPartition
+
 from auditcast.access.cli_mfa import terminal_qr
 from auditcast.access.mfa import STEP_S, new_secret
-
 from auditcast.settings import Settings
 from auditcast.topics import EVENTS_RAW, topic
 from tests.access._lock_fixtures import AUDITCAST, ApiServer, access_app

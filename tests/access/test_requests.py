@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 import pytest
+import yaml
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer, TopicPartition
+
 from auditcast.access.requests import (
     PENDING_TTL,
     AccessRequest,
@@ -23,26 +24,13 @@ from auditcast.access.requests import (
     check_can_review,
     effective_state,
 )
-
+from auditcast.access.roles import EXAMPLE_ROLES, parse_roles
 from auditcast.errors import AccessDenied, NotFound
 from auditcast.settings import Settings
 from auditcast.topics import EVENTS_RAW, topic
 
-
-@dataclass
-class Role:
-    allow_request: list[str] = field(default_factory=list)
-    review: list[str] = field(default_factory=list)
-    max_session_ttl: timedelta = timedelta(hours=1)
-
-
-# The shape of the shipped example roles (access/roles.yaml)
-POLICIES: dict[str, Any] = {
-    "admin": Role(review=["*"], max_session_ttl=timedelta(hours=8)),
-    "devrole": Role(max_session_ttl=timedelta(hours=1)),
-    "contractor": Role(allow_request=["devrole"]),
-    "auditor": Role(),
-}
+# The shipped example roles (admin reviews everything, contractor may request devrole).
+POLICIES = parse_roles(yaml.safe_load(EXAMPLE_ROLES.read_text())).roles
 
 
 def test_contractor_may_request_devrole_but_not_admin() -> None:

@@ -6,8 +6,6 @@ import json
 import subprocess
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -22,21 +20,6 @@ pytestmark = pytest.mark.timeout(120)
 ADMIN = "test-identity alice admin"
 CAROL = "test-identity carol contractor"
 DAVE = "test-identity dave contractor"
-
-
-@dataclass
-class Role:
-    allow_request: list[str] = field(default_factory=list)
-    review: list[str] = field(default_factory=list)
-    max_session_ttl: timedelta = timedelta(hours=1)
-
-
-# Shaped like the shipped example roles: contractor may request devrole, admin reviews all.
-POLICIES: dict[str, Any] = {
-    "admin": Role(review=["*"], max_session_ttl=timedelta(hours=8)),
-    "devrole": Role(max_session_ttl=timedelta(hours=1)),
-    "contractor": Role(allow_request=["devrole"]),
-}
 
 
 class SlackHook(BaseHTTPRequestHandler):
@@ -70,7 +53,7 @@ def api(
     make_settings: Callable[..., Settings], webhook: tuple[str, list[dict[str, Any]]]
 ) -> Iterator[tuple[ApiServer, Settings]]:
     settings = make_settings(request_webhook_url=webhook[0])
-    server = ApiServer(access_app(settings, policies=lambda: POLICIES)).start()
+    server = ApiServer(access_app(settings)).start()
     yield server, settings
     server.stop()
 
