@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import orjson
 import pexpect
@@ -51,7 +53,7 @@ def publish_lock(gw: RunningGateway, **targets: str) -> tuple[str, float]:
 
 
 def test_certificate_login_gets_a_shell_and_the_recording_matches_the_screen(
-    ssh_gateway: RunningGateway, issue_cert: Callable[..., UserCert]
+    ssh_gateway: RunningGateway, issue_cert: Callable[..., UserCert], tmp_path: Path
 ) -> None:
     cert = issue_cert("alice")
     argv = ssh_gateway.ssh_argv(cert, "root@node1", tty=True)
@@ -88,7 +90,16 @@ def test_certificate_login_gets_a_shell_and_the_recording_matches_the_screen(
     # Everything the user's terminal showed is in the recording, byte for byte.
     assert output_of(mine) == bytes(seen)
     assert b"echo hello-$((6*7))\n" in input_of(mine)
-    assert [f.data for f in mine if f.kind == "r"][-1] == b"120x40"
+    assert [f.data for f in mine if f.kind == "r"] == [b"100x30", b"120x40"]
+    # The recording as an asciicast v2 file: `asciinema cat` prints the screen again.
+    cast = tmp_path / "shell.cast"
+    lines = [orjson.dumps({"version": 2, "width": 100, "height": 30})]
+    lines += [orjson.dumps([f.t, f.kind, f.data.decode()]) for f in mine if f.kind in "or"]
+    cast.write_bytes(b"\n".join(lines) + b"\n")
+    asciinema = Path(sys.executable).with_name("asciinema")
+    shown = subprocess.run([str(asciinema), "cat", str(cast)], capture_output=True, timeout=30)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout == bytes(seen)
 
 
 class _Sink:
