@@ -238,11 +238,11 @@ def main() -> None:
         asyncio.run(broker.start())
         settings = Settings(home=work / "home", kafka=broker.bootstrap)
         asyncio.run(ensure_topics(settings))
-        ca_dir = settings.home_dir / "ca"
-        ca_dir.mkdir(mode=0o700)
-        for name in ("user_ca", "host_ca"):
-            keygen("-t", "ed25519", "-N", "", "-f", str(ca_dir / name))
-        known = f"@cert-authority * {(ca_dir / 'host_ca.pub').read_text().strip()}\n"
+        from auditcast.access.ca import load_ca
+
+        ca = load_ca(settings)
+        ca_dir = ca.dir
+        known = ca.host_ca_known_hosts_line() + "\n"
         node = start_node(
             "node1", {"env": "bench"}, work / "nodes", ca_dir / "user_ca.pub", ca_dir / "host_ca"
         )
