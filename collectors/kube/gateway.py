@@ -31,6 +31,9 @@ from typing import Any, Final, Protocol
 import aiohttp
 import orjson
 from aiohttp import web
+from multidict import CIMultiDict
+from yarl import URL
+
 from auditcast.collectors.kube.channels import (
     CHANNEL_PROTOCOLS,
     KNOWN_PROTOCOLS,
@@ -51,9 +54,6 @@ from auditcast.collectors.kube.policy import (
 )
 from auditcast.collectors.kube.requestinfo import RequestInfo, is_follow_logs, parse_request_info
 from auditcast.collectors.kube.upstreams import UpstreamCluster
-from multidict import CIMultiDict
-from yarl import URL
-
 from auditcast.errors import AccessError, InvalidToken, Locked
 from auditcast.events import Event, Source, new_event_id
 
@@ -266,9 +266,15 @@ class KubeGateway:
         self._tokens[(token, cluster)] = (claims, until)
         return claims
 
-    def _refuse(self, code: int, doc: dict[str, Any]) -> web.Response:
+    def _refuse(
+        self, code: int, doc: dict[str, Any], request: web.Request | None = None
+    ) -> web.Response:
         self.stats.refused += 1
         log.info("refused", extra={"fields": {"code": code, "reason": doc.get("message")}})
+        if request is not None and _is_discovery(request.path):
+            # kubectl's discovery client ignores a JSON Status and prints "unknown"; it
+            # shows a text/plain body as the error message, so say it in plain text there.
+            return web.Response(status=code, text=str(doc["message"]), content_type="text/plain")
         return web.Response(status=code, body=orjson.dumps(doc), content_type="application/json")
 
     def _header_bytes(self, request: web.Request) -> int:
@@ -288,6 +294,7 @@ class KubeGateway:
                     f"auditcast: request headers of {size} bytes exceed the gateway's "
                     f"{self.max_header_bytes}-byte limit",
                 ),
+                request,
             )
         path = request.path
         if not path.startswith(CLUSTER_PREFIX):
@@ -299,12 +306,13 @@ class KubeGateway:
                     f"auditcast: no cluster in path {path!r}; the server URL must be "
                     f"https://HOST:PORT/cluster/NAME (run `auditcast login` for a kubeconfig)",
                 ),
+                request,
             )
         name, _, rest = path[len(CLUSTER_PREFIX) :].partition("/")
         cluster = self.clusters.get(name)
         if cluster is None:
             return self._refuse(
-                404, status_doc(404, "NotFound", f"auditcast: unknown cluster {name!r}")
+                404, status_doc(404, "NotFound", f"auditcast: unknown cluster {name!r}"), request
             )
         upstream_path = "/" + rest
         auth = request.headers.get("Authorization", "")
@@ -318,7 +326,7 @@ class KubeGateway:
             authorize_cluster(claims, cluster.labels, self.roles)
         except AccessError as err:
             self._auth_failed(request, cluster, err.message, token, err)
-            return self._refuse(err.http_status, refusal(err))
+            return self._refuse(err.http_status, refusal(err), request)
 
         info = parse_request_info(request.method, upstream_path, request.query)
         event_id = new_event_id()
@@ -613,12 +621,10 @@ class KubeGateway:
             if codec is not None and not ws.closed:
                 with contextlib.suppress(Exception):
                     await _send(ws, codec, ChannelEvent(Channel.ERROR, _locked_status(reason)))
-            with contextlib.suppress(Exception):
-                await ws.close(code=1008, message=reason.encode()[:120])
-            with contextlib.suppress(Exception):
-                await up.close()
+            await _bounded(ws.close(code=1008, message=reason.encode()[:120]))
             if pump_task is not None:
                 pump_task.cancel()
+            await _bounded(up.close())
 
         live = LiveStream(claims, subject, close, info.subresource or "websocket")
         self.live.add(live)
@@ -630,10 +636,8 @@ class KubeGateway:
                 raise
         finally:
             self.live.discard(live)
-            with contextlib.suppress(Exception):
-                await up.close()
-            with contextlib.suppress(Exception):
-                await ws.close()
+            await _bounded(up.close())
+            await _bounded(ws.close())
             fields: dict[str, Any] = {
                 **base,
                 "id": new_event_id(),
@@ -852,12 +856,29 @@ def _locked_status(reason: str) -> bytes:
     return orjson.dumps(status_doc(403, "Forbidden", f"auditcast: {reason}"))
 
 
+# A peer that does not answer a WebSocket close within this time is dropped: the end of
+# a stream (and its event) must not wait on it.
+CLOSE_TIMEOUT: Final = 2.0
+
+
+async def _bounded(closing: Awaitable[Any]) -> None:
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(closing, CLOSE_TIMEOUT)
+
+
 async def _send(ws: Any, codec: ChannelCodec, event: ChannelEvent) -> None:
     msg = codec.encode(event)
     if isinstance(msg, str):
         await ws.send_str(msg)
     else:
         await ws.send_bytes(msg)
+
+
+def _is_discovery(path: str) -> bool:
+    """/version, /api, /apis, /api/v1, /apis/G/V (below /cluster/NAME or not)."""
+    if path.startswith(CLUSTER_PREFIX):
+        path = "/" + path[len(CLUSTER_PREFIX) :].partition("/")[2]
+    return not parse_request_info("GET", path, {}).is_resource_request
 
 
 def _bound_port(site: web.TCPSite) -> int:
@@ -953,7 +974,7 @@ async def _relay(
                         await _send(
                             client, tap.codec, ChannelEvent(Channel.ERROR, orjson.dumps(doc))
                         )
-                await client.close(code=1007, message=tap.error.encode()[:120])
+                await _bounded(client.close(code=1007, message=tap.error.encode()[:120]))
                 return
             if isinstance(data, str):
                 await up.send_str(data)
@@ -980,10 +1001,10 @@ async def _relay(
         done, _ = await asyncio.wait({a, b}, return_when=asyncio.FIRST_COMPLETED)
         if b in done:
             # upstream ended (process exited): let the client see the close
-            await client.close()
+            await _bounded(client.close())
         else:
-            await up.close()
-        await asyncio.wait({a, b}, timeout=2)
+            await _bounded(up.close())
+        await asyncio.wait({a, b}, timeout=CLOSE_TIMEOUT)
     finally:
         for t in (a, b):
             t.cancel()

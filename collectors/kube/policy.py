@@ -44,6 +44,7 @@ class KubeClaims:
     kube_groups: tuple[str, ...] = ()
     mfa: bool = False
     expires: float | None = None  # `exp`, seconds since the epoch
+    access_requests: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -62,6 +63,7 @@ class KubeClaims:
             kube_groups=tup("kube_groups"),
             mfa=bool(c.get("mfa")),
             expires=float(c["exp"]) if isinstance(c.get("exp"), int | float) else None,
+            access_requests=tup("access_requests"),
         )
 
 

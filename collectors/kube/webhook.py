@@ -20,6 +20,7 @@ from typing import Any, Final, Protocol
 
 import orjson
 from aiohttp import web
+
 from auditcast.collectors.kube.auditlog import (
     MATCH_GRACE_SECONDS,
     MAX_EVENTLIST_BYTES,
@@ -31,7 +32,6 @@ from auditcast.collectors.kube.auditlog import (
     unattributed_reason,
 )
 from auditcast.collectors.kube.gateway import _bound_port
-
 from auditcast.events import Event, Source
 from auditcast.topics import ALERTS
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import importlib
 import ssl
+import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from auditcast.collectors.kube.policy import KubeClaims
 from auditcast.collectors.kube.upstreams import CLUSTERS_FILE, UpstreamCluster, load_clusters
-
 from auditcast.errors import ConfigError
 from auditcast.settings import Settings
 
@@ -27,11 +27,20 @@ def clusters_file(settings: Settings, override: Path | None) -> Path:
     return override or settings.home_dir / CLUSTERS_FILE
 
 
+# The token keys are read once and re-read this often, so a rotated key is picked up
+# without reading the CA directory on every request.
+CA_RELOAD_SECONDS = 60.0
+
+
 def token_verifier(settings: Settings) -> Any:
     tokens = _import("auditcast.access.tokens")
+    ca_mod = _import("auditcast.access.ca")
+    state: dict[str, Any] = {"ca": ca_mod.load_ca(settings), "at": time.monotonic()}
 
     def verify(token: str, cluster: str) -> KubeClaims:
-        claims = tokens.verify_kube_token(token, cluster, settings=settings)
+        if time.monotonic() - state["at"] > CA_RELOAD_SECONDS:
+            state["ca"], state["at"] = ca_mod.load_ca(settings), time.monotonic()
+        claims = tokens.verify_token(state["ca"], token, audience=cluster, kind="kube")
         data = claims if isinstance(claims, Mapping) else _as_mapping(claims)
         return KubeClaims.from_mapping(data, cluster)
 
@@ -53,24 +62,27 @@ def lock_subject(claims: KubeClaims) -> Any:
         roles=claims.roles,
         cluster=claims.cluster,
         credential=claims.credential_id,
+        access_requests=claims.access_requests,
     )
 
 
 class AccessRoles:
-    """access.roles as the gateway's RolePolicy: cluster labels and per-session MFA."""
+    """access.roles as the gateway's RolePolicy: cluster labels and per-session MFA.
+
+    Role names on a token that the roles file no longer defines grant nothing."""
 
     def __init__(self, settings: Settings) -> None:
-        self.roles = _import("auditcast.access.roles").load_roles(settings)
+        self._mod = _import("auditcast.access.roles")
+        self.roles = self._mod.load_roles(settings)
 
     def _defs(self, names: Iterable[str]) -> list[Any]:
         return [self.roles[n] for n in names if n in self.roles]
 
     def cluster_allowed(self, roles: Iterable[str], labels: Mapping[str, str]) -> bool:
-        mod = _import("auditcast.access.roles")
-        return bool(mod.kube_labels_allowed(self._defs(roles), dict(labels)))
+        return bool(self._mod.kube_labels_allowed(self._defs(roles), dict(labels)))
 
     def requires_mfa(self, roles: Iterable[str]) -> bool:
-        return any(getattr(r, "require_session_mfa", False) for r in self._defs(roles))
+        return any(r.require_session_mfa for r in self._defs(roles))
 
 
 def server_tls(

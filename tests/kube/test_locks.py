@@ -64,6 +64,7 @@ def test_locked_user_exec_session_is_closed_and_new_requests_get_the_lock_messag
 
         denied = kubectl(kenv, "get", "pods", "-n", "dev")
         assert denied.returncode == 1
+        assert f"access locked by {lock.name}: security incident INC-42" in denied.stderr
         with httpx.Client(verify=False, timeout=10) as http:
             r = http.get(
                 f"{env.gateway.url}/cluster/dev-cluster/api/v1/namespaces/dev/pods",

@@ -45,6 +45,7 @@ from typing import Any
 import aiohttp
 import orjson
 from aiohttp import web
+
 from auditcast.collectors.kube.channels import (
     CHANNEL_PROTOCOLS,
     Channel,
@@ -54,7 +55,6 @@ from auditcast.collectors.kube.channels import (
     exit_status,
 )
 from auditcast.collectors.kube.requestinfo import RequestInfo, parse_request_info
-
 from tests.kubeapi.pki import TestCA
 
 TABLE_ACCEPT = "as=Table"
@@ -583,7 +583,10 @@ class FakeApiServer:
 
         async def pump_output() -> None:
             async for channel, data in session.output():
-                await send(ChannelEvent(channel, data))
+                if ws.closed:
+                    continue  # drain the process's output; nobody is listening
+                with contextlib.suppress(ConnectionError):
+                    await send(ChannelEvent(channel, data))
 
         output = asyncio.create_task(pump_output())
 
