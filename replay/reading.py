@@ -1,0 +1,55 @@
+"""Open the stores read-only for the CLI and the API (the store process owns writes)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from auditcast.errors import NotFound
+from auditcast.settings import Settings
+from auditcast.storage.recordings import Frame, Gap, RecordingStore, to_asciicast
+from auditcast.storage.sqlite import SQLiteAuditStore
+
+
+def audit_store(settings: Settings) -> SQLiteAuditStore:
+    try:
+        return SQLiteAuditStore(settings.db_path, readonly=True)
+    except FileNotFoundError:
+        raise NotFound(
+            f"no audit log yet at {settings.db_path}",
+            hint="start the pipeline with `auditcast up` (or `auditcast store`)",
+        ) from None
+
+
+def session_row(settings: Settings, session_id: str) -> dict[str, Any]:
+    row = audit_store(settings).session(session_id)
+    recordings = RecordingStore(settings.recordings_dir)
+    if row is None and not recordings.exists(session_id):
+        raise NotFound(
+            f"no session {session_id}", hint="list sessions with `auditcast sessions ls`"
+        )
+    return row or {"id": session_id}
+
+
+def asciicast_lines(
+    settings: Settings, session_id: str, idle_time_limit: float | None = None
+) -> list[str]:
+    row = session_row(settings, session_id)
+    items = RecordingStore(settings.recordings_dir).frames(session_id)
+    start = row.get("start")
+    ts = int(datetime.fromisoformat(start.replace("Z", "+00:00")).timestamp()) if start else None
+    return list(
+        to_asciicast(
+            items,
+            width=row.get("cols") or 80,
+            height=row.get("rows") or 24,
+            title=row.get("title") or row.get("command"),
+            timestamp=ts,
+            idle_time_limit=idle_time_limit,
+        )
+    )
+
+
+def output_frames(settings: Settings, session_id: str) -> list[Frame | Gap]:
+    session_row(settings, session_id)
+    return list(RecordingStore(settings.recordings_dir).frames(session_id))

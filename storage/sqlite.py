@@ -1,0 +1,293 @@
+"""The default audit store: SQLite in WAL mode, one row per event id, FTS5 for text search.
+
+A duplicate delivery (at-least-once consumers, spool replays) never makes a second row:
+inserts are `ON CONFLICT(id) DO NOTHING`, and the full-text index and the session table
+are fed by triggers, which only fire for rows actually inserted.
+"""
+
+from __future__ import annotations
+
+import base64
+import sqlite3
+import threading
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Final
+
+import orjson
+
+from auditcast.events import Event, format_time
+from auditcast.storage.base import EventQuery, Page
+
+SCHEMA: Final = """
+PRAGMA journal_mode=WAL;
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    time TEXT NOT NULL,
+    type TEXT NOT NULL,
+    code TEXT NOT NULL,
+    user TEXT,
+    identity_user TEXT,
+    session_id TEXT,
+    cluster TEXT,
+    node TEXT,
+    doc TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_time ON events(time, id);
+CREATE INDEX IF NOT EXISTS events_user ON events(user, time);
+CREATE INDEX IF NOT EXISTS events_identity_user ON events(identity_user, time);
+CREATE INDEX IF NOT EXISTS events_type ON events(type, time);
+CREATE INDEX IF NOT EXISTS events_session ON events(session_id, time);
+CREATE INDEX IF NOT EXISTS events_cluster ON events(cluster, time);
+CREATE VIRTUAL TABLE IF NOT EXISTS events_fts USING fts5(doc, content='', tokenize='unicode61');
+CREATE TRIGGER IF NOT EXISTS events_fts_ai AFTER INSERT ON events BEGIN
+    INSERT INTO events_fts(rowid, doc) VALUES (new.seq, new.doc);
+END;
+
+CREATE TABLE IF NOT EXISTS sessions (
+    id TEXT PRIMARY KEY,
+    kind TEXT,
+    user TEXT,
+    identity_user TEXT,
+    node TEXT,
+    cluster TEXT,
+    login TEXT,
+    command TEXT,
+    title TEXT,
+    cols INTEGER,
+    rows INTEGER,
+    start TEXT,
+    end TEXT,
+    exit_code INTEGER,
+    bytes_in INTEGER,
+    bytes_out INTEGER,
+    duration REAL
+);
+CREATE INDEX IF NOT EXISTS sessions_start ON sessions(start);
+"""
+
+# Session rows derive from session events; upserts merge start and end in any order.
+_SESSION_START: Final = """
+INSERT INTO sessions (id, kind, user, identity_user, node, cluster, login, command, title,
+                      cols, rows, start)
+VALUES (:id, :kind, :user, :identity_user, :node, :cluster, :login, :command, :title,
+        :cols, :rows, :time)
+ON CONFLICT(id) DO UPDATE SET
+    kind=coalesce(excluded.kind, kind), user=coalesce(excluded.user, user),
+    identity_user=coalesce(excluded.identity_user, identity_user),
+    node=coalesce(excluded.node, node), cluster=coalesce(excluded.cluster, cluster),
+    login=coalesce(excluded.login, login), command=coalesce(excluded.command, command),
+    title=coalesce(excluded.title, title), cols=coalesce(excluded.cols, cols),
+    rows=coalesce(excluded.rows, rows), start=excluded.start
+"""
+_SESSION_END: Final = """
+INSERT INTO sessions (id, kind, user, identity_user, node, cluster, login, command, start,
+                      end, exit_code, bytes_in, bytes_out, duration)
+VALUES (:id, :kind, :user, :identity_user, :node, :cluster, :login, :command, :start,
+        :time, :exit_code, :bytes_in, :bytes_out, :duration)
+ON CONFLICT(id) DO UPDATE SET
+    kind=coalesce(kind, excluded.kind), user=coalesce(user, excluded.user),
+    identity_user=coalesce(excluded.identity_user, identity_user),
+    node=coalesce(node, excluded.node), cluster=coalesce(cluster, excluded.cluster),
+    command=coalesce(command, excluded.command), start=coalesce(start, excluded.start),
+    end=excluded.end, exit_code=excluded.exit_code,
+    bytes_in=excluded.bytes_in, bytes_out=excluded.bytes_out, duration=excluded.duration
+"""
+_INSERT: Final = """
+INSERT INTO events (id, time, type, code, user, identity_user, session_id, cluster, node, doc)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO NOTHING
+"""
+SESSION_COLUMNS: Final = (
+    "id", "kind", "user", "identity_user", "node", "cluster", "login", "command", "title",
+    "cols", "rows", "start", "end", "exit_code", "bytes_in", "bytes_out", "duration",
+)  # fmt: skip
+
+
+def _cursor(time: str, event_id: str) -> str:
+    return base64.urlsafe_b64encode(f"{time}|{event_id}".encode()).decode()
+
+
+def _uncursor(cursor: str) -> tuple[str, str]:
+    try:
+        time, event_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|", 1)
+    except (ValueError, UnicodeDecodeError):
+        raise ValueError("invalid cursor") from None
+    return time, event_id
+
+
+def _session_params(doc: dict[str, Any]) -> dict[str, Any]:
+    ident = doc.get("identity") or {}
+    term = doc.get("term") or {}
+    ssh_exec = doc.get("type") == "ssh.exec"
+    return {
+        "id": doc.get("session_id"),
+        "kind": doc.get("kind") or ("ssh.exec" if ssh_exec else None),
+        "user": doc.get("user"),
+        "identity_user": ident.get("user"),
+        "node": doc.get("node"),
+        "cluster": doc.get("cluster"),
+        "login": doc.get("login"),
+        "command": doc.get("command")
+        if isinstance(doc.get("command"), str)
+        else (" ".join(doc["command"]) if isinstance(doc.get("command"), list) else None),
+        "title": doc.get("title"),
+        "cols": term.get("cols"),
+        "rows": term.get("rows"),
+        "time": doc["time"],
+        "start": doc["time"] if ssh_exec else None,
+        "exit_code": doc.get("exit_code"),
+        "bytes_in": doc.get("bytes_in"),
+        "bytes_out": doc.get("bytes_out"),
+        "duration": doc.get("duration"),
+    }
+
+
+class SQLiteAuditStore:
+    """Implements `AuditStore`. Thread-safe: one connection behind a lock."""
+
+    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if readonly:
+            if not path.exists():
+                raise FileNotFoundError(path)
+            uri = f"file:{path}?mode=ro"
+            self._db = sqlite3.connect(uri, uri=True, check_same_thread=False)
+        else:
+            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self._db.executescript(SCHEMA)
+            # WAL + NORMAL: a commit survives a process crash; only an OS crash can lose
+            # the last transactions, which the broker still holds (offsets not committed).
+            self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.row_factory = sqlite3.Row
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self._db.close()
+
+    # ------------------------------------------------------------------ writes
+
+    def add_many(self, docs: Sequence[dict[str, Any]]) -> int:
+        """Insert events (as dicts from `Event.to_dict()` or decoded JSON) in one
+        transaction; returns how many were new."""
+        rows = []
+        sessions_start = []
+        sessions_end = []
+        for d in docs:
+            ident = d.get("identity") or {}
+            rows.append(
+                (
+                    d["id"], d["time"], d["type"], d.get("code", ""), d.get("user"),
+                    ident.get("user"), d.get("session_id"), d.get("cluster"), d.get("node"),
+                    orjson.dumps(d).decode(),
+                )
+            )  # fmt: skip
+            t = d["type"]
+            if d.get("session_id") and t == "session.start":
+                sessions_start.append(_session_params(d))
+            elif d.get("session_id") and t in ("session.end", "ssh.exec"):
+                sessions_end.append(_session_params(d))
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                # rowcount sums sqlite3_changes(), which leaves out trigger rows: new events.
+                inserted = self._db.executemany(_INSERT, rows).rowcount
+                if sessions_start:
+                    self._db.executemany(_SESSION_START, sessions_start)
+                if sessions_end:
+                    self._db.executemany(_SESSION_END, sessions_end)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return inserted
+
+    def add(self, event: Event) -> int:
+        return self.add_many([event.to_dict()])
+
+    # ------------------------------------------------------------------ reads
+
+    def search(self, query: EventQuery) -> Page:
+        where: list[str] = []
+        args: list[Any] = []
+        if query.since:
+            where.append("time >= ?")
+            args.append(format_time(query.since))
+        if query.until:
+            where.append("time < ?")
+            args.append(format_time(query.until))
+        if query.user:
+            where.append("(user = ? OR identity_user = ?)")
+            args += [query.user, query.user]
+        if query.type:
+            where.append("type = ?")
+            args.append(query.type)
+        if query.session_id:
+            where.append("session_id = ?")
+            args.append(query.session_id)
+        if query.cluster:
+            where.append("cluster = ?")
+            args.append(query.cluster)
+        if query.q:
+            where.append("seq IN (SELECT rowid FROM events_fts WHERE events_fts MATCH ?)")
+            args.append(_fts_query(query.q))
+        if query.cursor:
+            t, i = _uncursor(query.cursor)
+            where.append("(time, id) > (?, ?)")
+            args += [t, i]
+        sql = "SELECT time, id, doc FROM events"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY time, id LIMIT ?"
+        args.append(query.limit + 1)
+        with self._lock:
+            rows = self._db.execute(sql, args).fetchall()
+        more = len(rows) > query.limit
+        rows = rows[: query.limit]
+        return Page(
+            items=[orjson.loads(r["doc"]) for r in rows],
+            next_cursor=_cursor(rows[-1]["time"], rows[-1]["id"]) if more and rows else None,
+        )
+
+    def get(self, event_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            row = self._db.execute("SELECT doc FROM events WHERE id = ?", (event_id,)).fetchone()
+        return orjson.loads(row["doc"]) if row else None
+
+    def count(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT count(*) FROM events").fetchone()[0])
+
+    def sessions(
+        self, *, user: str | None = None, since: datetime | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        where: list[str] = []
+        args: list[Any] = []
+        if user:
+            where.append("(user = ? OR identity_user = ?)")
+            args += [user, user]
+        if since:
+            where.append("start >= ?")
+            args.append(format_time(since))
+        sql = f"SELECT {', '.join(SESSION_COLUMNS)} FROM sessions"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY start DESC LIMIT ?"
+        args.append(limit)
+        with self._lock:
+            return [dict(r) for r in self._db.execute(sql, args).fetchall()]
+
+    def session(self, session_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            row = self._db.execute(
+                f"SELECT {', '.join(SESSION_COLUMNS)} FROM sessions WHERE id = ?", (session_id,)
+            ).fetchone()
+        return dict(row) if row else None
+
+
+def _fts_query(text: str) -> str:
+    """User text as FTS5 phrase terms (quotes escaped), so `q` never raises a syntax error."""
+    terms: Iterable[str] = (t.replace('"', '""') for t in text.split())
+    return " ".join(f'"{t}"' for t in terms) or '""'

@@ -1,0 +1,136 @@
+"""`auditcast store` against the real broker: at-least-once in, exactly-once rows out,
+malformed records dead-lettered with their offsets while good ones keep flowing."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import msgpack
+import orjson
+import pytest
+from aiokafka import AIOKafkaConsumer
+
+from auditcast.events import Event, Frame, encode_frames
+from auditcast.kafka import consumer_config, start_producer
+from auditcast.settings import Settings
+from auditcast.storage.sqlite import SQLiteAuditStore
+from auditcast.topics import DEAD_LETTER, EVENTS_AUDIT, SESSION_FRAMES, topic
+
+AUDITCAST = str(Path(sys.executable).with_name("auditcast"))
+
+
+def wait_for(pred, timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+@pytest.fixture
+def store_proc(make_settings, cli_env, tmp_path):
+    s: Settings = make_settings()
+    log = open(tmp_path / "store.log", "wb")
+    proc = subprocess.Popen([AUDITCAST, "store"], env=cli_env(s), stdout=log, stderr=log)
+    assert wait_for(lambda: (s.run_dir / "store.ready").exists(), 40), (
+        tmp_path / "store.log"
+    ).read_text()
+    yield s, proc
+    proc.terminate()
+    proc.wait(10)
+    log.close()
+
+
+def rows(s: Settings) -> int:
+    try:
+        return SQLiteAuditStore(s.db_path, readonly=True).count()
+    except Exception:
+        return 0
+
+
+async def produce(s: Settings, items: list[tuple[str, bytes | None, bytes]]) -> None:
+    p = await start_producer(s)
+    try:
+        for name, key, value in items:
+            await p.send_and_wait(topic(s, name), value, key=key)
+    finally:
+        await p.stop()
+
+
+async def dead_letters(s: Settings, expect: int) -> list:
+    c = AIOKafkaConsumer(topic(s, DEAD_LETTER), **consumer_config(s.kafka or "", None))
+    await c.start()
+    out: list = []
+    try:
+        async with asyncio.timeout(20):
+            while len(out) < expect:
+                for msgs in (await c.getmany(timeout_ms=500)).values():
+                    out.extend(msgs)
+    except TimeoutError:
+        pass
+    finally:
+        await c.stop()
+    return out
+
+
+def test_duplicate_delivery_is_one_row_and_one_frame(store_proc, cli_env) -> None:
+    s, _ = store_proc
+    start = Event(type="session.start", session_id="dup-1", user="alice", command="echo hi")
+    end = Event(type="session.end", session_id="dup-1", user="alice", exit_code=0)
+    fr = encode_frames([Frame(session_id="dup-1", seq=0, t=0.0, kind="o", data=b"hi\r\n"),
+                        Frame(session_id="dup-1", seq=1, t=0.1, kind="x", data=b"0")])  # fmt: skip
+    msgs = [(EVENTS_AUDIT, b"dup-1", start.to_json()), (SESSION_FRAMES, b"dup-1", fr),
+            (EVENTS_AUDIT, b"dup-1", end.to_json())]  # fmt: skip
+    asyncio.run(produce(s, msgs + msgs))  # the same messages delivered twice
+    assert wait_for(lambda: rows(s) == 2)
+    time.sleep(1.0)
+    assert rows(s) == 2
+    out = tmp = s.home_dir / "dup.cast"
+    done = subprocess.run([AUDITCAST, "export", "dup-1", "-o", str(out)], env=cli_env(s),
+                          capture_output=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = [orjson.loads(x) for x in tmp.read_text().splitlines()]
+    assert [ln[1:] for ln in lines[1:]] == [["o", "hi\r\n"]]
+    ls = subprocess.run(
+        [AUDITCAST, "sessions", "ls", "--json"], env=cli_env(s), capture_output=True
+    )
+    assert [r["exit_code"] for r in orjson.loads(ls.stdout)] == [0]
+
+
+def test_malformed_records_are_dead_lettered_and_the_store_keeps_going(store_proc) -> None:
+    s, proc = store_proc
+    good = Event(type="user.login", user="bob")
+    bad = [
+        (EVENTS_AUDIT, b"k", b"\x00not json"),
+        (EVENTS_AUDIT, b"k", b'{"type": "session.start", "time": "yesterday"}'),
+        (EVENTS_AUDIT, b"k", orjson.dumps({"id": "x", "type": "no.such"})),
+        (SESSION_FRAMES, b"k", b"\xc1\xc1"),
+        (SESSION_FRAMES, b"k", msgpack.packb([{"session_id": "s", "seq": "one"}])),
+        (EVENTS_AUDIT, b"k", b'{"type":"user.login","pad":"' + b"x" * (1024 * 1024) + b'"}'),
+    ]
+    asyncio.run(produce(s, [*bad, (EVENTS_AUDIT, b"bob", good.to_json())]))
+    assert wait_for(lambda: rows(s) == 1), "the good event after the bad ones was not stored"
+    dl = asyncio.run(dead_letters(s, len(bad)))
+    assert len(dl) == len(bad)
+    headers = [dict(m.headers) for m in dl]
+    assert {h["source_topic"].decode() for h in headers} == {
+        topic(s, EVENTS_AUDIT),
+        topic(s, SESSION_FRAMES),
+    }
+    assert all(h["source_offset"].decode().isdigit() and h["error"] for h in headers)
+    assert any(b"exceeds" in h["error"] for h in headers)
+    assert rows(s) == 1  # nothing malformed became a row
+    assert proc.poll() is None  # still running
+
+
+def test_unknown_session_is_a_clear_error(make_settings, cli_env) -> None:
+    s = make_settings()
+    out = subprocess.run([AUDITCAST, "export", "nope", "-o", os.devnull], env=cli_env(s),
+                         capture_output=True, text=True)  # fmt: skip
+    assert out.returncode == 6 and "no audit log yet" in out.stderr

@@ -1,0 +1,124 @@
+"""The audit and recording stores on their own (no broker): dedupe, gaps, byte-exactness."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import orjson
+import pytest
+
+from auditcast.events import Event, Frame
+from auditcast.storage.base import EventQuery
+from auditcast.storage.recordings import Gap, RecordingStore, to_asciicast
+from auditcast.storage.sqlite import SQLiteAuditStore
+
+ASCIINEMA = str(Path(__file__).resolve().parents[2] / ".venv" / "bin" / "asciinema")
+
+
+def frames(sid: str, chunks: list[bytes], exit_code: int = 0) -> list[Frame]:
+    out = [Frame(session_id=sid, seq=i, t=i * 0.01, kind="o", data=c) for i, c in enumerate(chunks)]
+    out.append(Frame(session_id=sid, seq=len(chunks), t=len(chunks) * 0.01, kind="x",
+                     data=str(exit_code).encode()))  # fmt: skip
+    return out
+
+
+def test_same_event_twice_is_one_row(tmp_path: Path) -> None:
+    store = SQLiteAuditStore(tmp_path / "a.db")
+    e = Event(type="kube.request", user="bob", verb="get")
+    assert store.add_many([e.to_dict(), e.to_dict()]) == 1
+    assert store.add(e) == 0
+    assert store.count() == 1
+
+
+def test_session_row_merges_start_and_end_in_any_order(tmp_path: Path) -> None:
+    store = SQLiteAuditStore(tmp_path / "a.db")
+    end = Event(type="session.end", session_id="s1", user="bob", exit_code=3, bytes_out=6)
+    start = Event(type="session.start", session_id="s1", user="bob", command="bash",
+                  term={"cols": 100, "rows": 30})  # fmt: skip
+    store.add(end)
+    store.add(start)
+    row = store.session("s1")
+    assert row is not None
+    assert (row["exit_code"], row["command"], row["cols"], row["bytes_out"]) == (3, "bash", 100, 6)
+
+
+def test_search_filters_text_and_cursor_paging(tmp_path: Path) -> None:
+    store = SQLiteAuditStore(tmp_path / "a.db")
+    docs = [Event(type="kube.request", user=f"u{i % 3}", request_path=f"/api/v1/pods/p{i}").to_dict()
+            for i in range(25)]  # fmt: skip
+    docs.append(Event(type="ssh.exec", user="u0", command="cat /etc/shadow").to_dict())
+    store.add_many(docs)
+    assert len(store.search(EventQuery(user="u0", limit=100)).items) == 10
+    assert [e["type"] for e in store.search(EventQuery(q="shadow")).items] == ["ssh.exec"]
+    assert store.search(EventQuery(q='un"balanced')).items == []
+    seen, cursor = [], None
+    while True:
+        page = store.search(EventQuery(type="kube.request", limit=10, cursor=cursor))
+        seen += [e["id"] for e in page.items]
+        if not (cursor := page.next_cursor):
+            break
+    assert seen == [d["id"] for d in docs[:25]]
+
+
+def test_recording_is_ordered_deduped_and_byte_exact(tmp_path: Path) -> None:
+    rs = RecordingStore(tmp_path)
+    chunks = [b"\xff\xfeinvalid", b"\x1b[31mred\x1b[0m", "é".encode()[:1], "é".encode()[1:]]
+    fs = frames("s1", chunks)
+    rs.add(reversed(fs[:3]))
+    rs.add(fs)  # everything again, plus the rest: duplicates are dropped
+    rs.add(fs)  # a replay after the session finished changes nothing
+    got = list(rs.frames("s1"))
+    assert [f.seq for f in got if isinstance(f, Frame)] == list(range(5))
+    assert b"".join(f.data for f in got if isinstance(f, Frame) and f.kind == "o") == b"".join(
+        chunks
+    )
+
+
+def test_missing_frames_become_a_gap_marker_not_glued(tmp_path: Path) -> None:
+    rs = RecordingStore(tmp_path)
+    fs = frames("s2", [b"a", b"b", b"c", b"d"])
+    rs.add([fs[0], fs[3], fs[4]])
+    items = list(rs.frames("s2"))
+    gaps = [i for i in items if isinstance(i, Gap)]
+    assert gaps == [Gap(1, 2, fs[3].t)]
+    lines = [orjson.loads(x) for x in to_asciicast(items)]
+    assert [ln[1:] for ln in lines[1:]] == [
+        ["o", "a"],
+        ["m", "gap: frames 1-2 missing"],
+        ["o", "d"],
+    ]
+    rs.add(fs[1:3])  # the missing frames arrive late (a spool replay): the gap closes
+    assert not [i for i in rs.frames("s2") if isinstance(i, Gap)]
+
+
+def test_split_utf8_survives_and_asciinema_cat_prints_exact_bytes(tmp_path: Path) -> None:
+    rs = RecordingStore(tmp_path)
+    text = "héllo wörld ✓ \x1b[1mbold\x1b[0m\r\n".encode()
+    chunks = [text[i : i + 3] for i in range(0, len(text), 3)]  # splits multi-byte chars
+    rs.add(frames("s3", chunks))
+    cast = tmp_path / "s3.cast"
+    cast.write_text("\n".join(to_asciicast(rs.frames("s3"))) + "\n")
+    out = subprocess.run([ASCIINEMA, "cat", str(cast)], capture_output=True, check=True)
+    assert out.stdout == text
+
+
+def test_large_recording_compresses_and_seeks(tmp_path: Path) -> None:
+    rs = RecordingStore(tmp_path)
+    sid = "big"
+    line = b"drwxr-xr-x 2 root root 4096 Nov 28 12:00 some-directory-name\r\n"
+    batch = []
+    for i in range(3000):  # ~60 s of a busy interactive session, about 5 MB
+        batch.append(Frame(session_id=sid, seq=i, t=i * 0.02, kind="o", data=line * 28))
+    batch.append(Frame(session_id=sid, seq=3000, t=60.0, kind="x", data=b"0"))
+    rs.add(batch)
+    raw = sum(len(f.data) for f in batch)
+    assert rs.disk_bytes(sid) < raw * 0.15
+    later = list(rs.frames(sid, from_t=40.0))
+    assert later[0].t >= 40.0 and later[0].seq == 2000
+
+
+@pytest.mark.parametrize("bad", ["../etc", "a/b", ""])
+def test_unsafe_session_ids_are_refused(tmp_path: Path, bad: str) -> None:
+    with pytest.raises(ValueError, match="unsafe session id"):
+        RecordingStore(tmp_path).dir_for(bad)
