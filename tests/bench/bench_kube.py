@@ -67,7 +67,7 @@ async def serve_gateway(
         def append_event(self, event: Any) -> None:
             event.to_json()  # the serialisation cost is the gateway's
 
-    mint = TokenMint()
+    mint = TokenMint(workdir / "access-home")
     ca = TestCA.create("bench-gw-ca")
     ca_path, crt, key = ca.write(workdir / "gw-pki", "kube-gateway")
     tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

@@ -11,34 +11,36 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import jwt
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from auditcast.access.ca import load_ca
 from auditcast.access.locks import LockView
+from auditcast.access.tokens import issue_token
 from auditcast.collectors.kube.gateway import KubeGateway
-from auditcast.collectors.kube.policy import KubeClaims
 from auditcast.collectors.kube.upstreams import UpstreamCluster
-from auditcast.collectors.kube.wiring import lock_subject
-from auditcast.errors import InvalidToken
+from auditcast.collectors.kube.wiring import lock_subject, token_verifier
 from auditcast.events import Event
 from auditcast.settings import Settings
 from tests.kubeapi import GATEWAY_TOKEN, FakeApiServer, ThreadedApiServer, demo_spec
 from tests.kubeapi.pki import TestCA
 
-ISSUER = "https://auditcast.test"
-
 
 @dataclass
 class TokenMint:
-    """Short-lived kube tokens with the claims of DESIGN §5 (EdDSA JWT)."""
+    """Kube tokens issued and verified by the real access.ca / access.tokens, with the
+    CA in its own AUDITCAST_HOME."""
 
-    key: Ed25519PrivateKey = field(default_factory=Ed25519PrivateKey.generate)
+    home: Path
+
+    def __post_init__(self) -> None:
+        self.settings = Settings(home=self.home)
+        self.ca = load_ca(self.settings)
+        self.verify = token_verifier(self.settings)
 
     def mint(
         self,
@@ -49,42 +51,20 @@ class TokenMint:
         kube_groups: tuple[str, ...] = ("devs",),
         roles: tuple[str, ...] = ("dev",),
         mfa: bool = False,
-        key: Ed25519PrivateKey | None = None,
+        ca: Any = None,
     ) -> str:
-        now = int(time.time())
-        claims = {
-            "iss": ISSUER,
-            "sub": user,
-            "aud": cluster,
-            "jti": str(uuid.uuid4()),
-            "iat": now,
-            "nbf": now - 5,
-            "exp": now + int(ttl),
-            "roles": list(roles),
-            "groups": ["engineering"],
-            "kube_users": [],
-            "kube_groups": list(kube_groups),
-            "mfa": mfa,
-        }
-        return jwt.encode(claims, key or self.key, algorithm="EdDSA")
-
-    def verify(self, token: str, cluster: str) -> KubeClaims:
-        try:
-            claims = jwt.decode(
-                token,
-                self.key.public_key(),
-                algorithms=["EdDSA"],
-                audience=cluster,
-                issuer=ISSUER,
-                options={"require": ["exp", "aud", "jti", "sub"]},
-            )
-        except jwt.ExpiredSignatureError:
-            raise InvalidToken("token expired") from None
-        except jwt.InvalidAudienceError:
-            raise InvalidToken(f"token was not issued for cluster {cluster}") from None
-        except jwt.PyJWTError as e:
-            raise InvalidToken(f"invalid token: {e}") from None
-        return KubeClaims.from_mapping(claims, cluster)
+        token, _ = issue_token(
+            ca or self.ca,
+            user=user,
+            audience=cluster,
+            ttl=timedelta(seconds=ttl),
+            kind="kube",
+            roles=list(roles),
+            groups=["engineering"],
+            kube_groups=list(kube_groups),
+            mfa=mfa,
+        )
+        return str(token)
 
 
 class CollectingSink:
@@ -187,7 +167,7 @@ def running_kube_env(
             )
             for name, env in (("dev-cluster", "dev"), ("prod-cluster", "prod"))
         }
-        mint = TokenMint()
+        mint = TokenMint(tmp_path / "access-home")
         sink = CollectingSink()
         gw = KubeGateway(clusters, mint.verify, sink)
         with ThreadedGateway(gw, tls) as threaded:
@@ -229,16 +209,10 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
 
 
 def expired_claims_token(mint: TokenMint) -> str:
-    now = datetime.now(UTC)
-    return jwt.encode(
-        {
-            "iss": ISSUER,
-            "sub": "alice",
-            "aud": "dev-cluster",
-            "jti": "old",
-            "iat": int((now - timedelta(hours=2)).timestamp()),
-            "exp": int((now - timedelta(hours=1)).timestamp()),
-        },
-        mint.key,
-        algorithm="EdDSA",
-    )
+    return mint.mint("alice", ttl=-3600)
+
+
+def foreign_token(tmp: Path) -> str:
+    """Well-formed, but signed by another auditcast's key: a forgery to this gateway."""
+    other = load_ca(Settings(home=tmp))
+    return TokenMint(tmp).mint("alice", ca=other)
