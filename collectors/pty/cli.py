@@ -45,6 +45,10 @@ DRAIN_TIMEOUT_S: Final = 60.0
 # spool keeps the session for the drainer (`auditcast up`, `auditcast spool drain`).
 UNREACHABLE_GIVE_UP_S: Final = 5.0
 DRAIN_POLL_S: Final = 0.25
+# The spool does its file I/O in worker threads. With CPython's default 5 ms GIL switch
+# interval a keystroke echo could wait that long behind one of them (measured: p99
+# echo +2-7 ms); 0.2 ms keeps the user's terminal ahead of the outbox.
+GIL_SWITCH_INTERVAL_S: Final = 0.0002
 
 
 @dataclass(frozen=True)
@@ -193,6 +197,7 @@ def rec(
         raise click.UsageError(str(e)) from None
     settings = load_settings()
     _log_to_file(settings)
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     result = asyncio.run(record_session(settings, cmd, title, capture_stdin))
     # The terminal is restored by now: it is safe to talk to the user.
     if as_json:

@@ -42,7 +42,7 @@ READ_SIZE: Final = 256 * 1024
 # A read at least this big means a burst is under way (see _on_master_readable); one
 # callback gathers up to BURST_BYTES before writing, about the 32 KiB frame size.
 BURST_READ: Final = 1024
-BURST_BYTES: Final = 64 * 1024
+BURST_BYTES: Final = 256 * 1024
 # Child gone but the slave still open (a background job holds it): stop after this long
 # without output rather than wait forever, as `script` would.
 ORPHAN_IDLE_S: Final = 0.5
