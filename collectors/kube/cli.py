@@ -169,7 +169,13 @@ async def _serve_webhook(
     follower = asyncio.create_task(follow_gateway_requests(s, known, ready))
     hook = AuditWebhook(spool, gateway_users, known_ids=known, cluster_labels=labels)
     await hook.start(s.bind_host, s.webhook_port if port is None else port, tls)
-    await asyncio.wait({follower, asyncio.create_task(ready.wait())}, timeout=15)
+    ready_wait = asyncio.create_task(ready.wait())
+    await asyncio.wait({follower, ready_wait}, timeout=15, return_when=asyncio.FIRST_COMPLETED)
+    ready_wait.cancel()
+    if follower.done():  # could not follow events.raw: say why rather than run blind
+        await hook.stop()
+        await spool.close(5.0)
+        follower.result()
     _publish(s, "audit-webhook", hook.port)
     try:
         await _until_signalled()

@@ -22,8 +22,16 @@ import pytest
 from auditcast.broker import free_port
 from auditcast.kafka import start_consumer
 from auditcast.settings import Settings
-from auditcast.topics import EVENTS_RAW
-from tests.kubeapi import GATEWAY_TOKEN, FakeApiServer, ThreadedApiServer, demo_spec
+from auditcast.topics import ALERTS, EVENTS_RAW
+from tests.kubeapi import (
+    ADMIN_TOKEN,
+    ADMIN_USER,
+    GATEWAY_TOKEN,
+    FakeApiServer,
+    ThreadedApiServer,
+    demo_spec,
+)
+from tests.kubeapi.server import wait_for
 
 ca_mod = pytest.importorskip("auditcast.access.ca")
 tokens_mod = pytest.importorskip("auditcast.access.tokens")
@@ -178,3 +186,78 @@ def test_role_labels_from_roles_yaml_keep_devrole_off_production(
     assert r.returncode == 1
     assert "may not access cluster prod-cluster (environment=production)" in r.stderr
     assert not gw.upstream.seen
+
+
+def test_audit_webhook_process_flags_a_direct_request_on_the_alerts_topic(
+    tmp_path: Path,
+    make_settings: Callable[..., Settings],
+    cli_env: Callable[[Settings], dict[str, str]],
+) -> None:
+    port = free_port()
+    settings = make_settings(webhook_port=port)
+    ca = ca_mod.load_ca(settings)
+    env = {**cli_env(settings), "AUDITCAST_WEBHOOK_PORT": str(port)}
+    log = (tmp_path / "webhook.log").open("wb")
+    proc = subprocess.Popen([AUDITCAST, "audit-webhook"], env=env, stdout=log, stderr=log)
+    try:
+        ready = settings.run_dir / "audit-webhook.json"
+        deadline = time.monotonic() + 30
+        while not ready.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, (
+                tmp_path / "webhook.log"
+            ).read_text()
+            time.sleep(0.05)
+        spec = demo_spec(
+            tmp_path / "upstream",
+            audit_webhook_url=f"https://127.0.0.1:{port}/audit/dev-cluster",
+            audit_webhook_ca=ca.tls_ca_path,
+        )
+        with ThreadedApiServer(spec) as upstream:
+            kubeconfig = tmp_path / "direct"
+            kubeconfig.write_text(
+                f"""apiVersion: v1
+kind: Config
+clusters: [{{name: c, cluster: {{server: "{upstream.url}", certificate-authority: "{upstream.ca_path}"}}}}]
+users: [{{name: u, user: {{token: {ADMIN_TOKEN}}}}}]
+contexts: [{{name: x, context: {{cluster: c, user: u}}}}]
+current-context: x
+"""  # noqa: E501
+            )
+            r = subprocess.run(
+                ["kubectl", "get", "pods", "-n", "dev"],
+                env={**os.environ, "KUBECONFIG": str(kubeconfig), "HOME": str(tmp_path)},
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            assert r.returncode == 0, r.stderr
+            assert wait_for(lambda: 200 in upstream.audit_posts, 10), upstream.audit_posts
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(15)
+        log.close()
+
+    def alerts(got: list[bytes]) -> list[dict]:
+        docs = [orjson.loads(v) for v in got]
+        return [d for d in docs if d.get("resource") == "pods"]
+
+    raw = asyncio.run(_values(settings, ALERTS, lambda got: bool(alerts(got))))
+    [alert] = alerts(raw)
+    assert alert["type"] == "audit.unattributed" and alert["code"] == "AC3100W"
+    assert alert["user"] == ADMIN_USER and alert["cluster"] == "dev-cluster"
+    assert "not through the auditcast gateway" in alert["reason"]
+
+
+async def _values(
+    settings: Settings, name: str, want: Callable[[list[bytes]], bool]
+) -> list[bytes]:
+    consumer = await start_consumer(settings, [name], None)
+    got: list[bytes] = []
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not want(got):
+            for records in (await consumer.getmany(timeout_ms=200)).values():
+                got.extend(r.value for r in records)
+    finally:
+        await consumer.stop()
+    return got
