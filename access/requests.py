@@ -241,7 +241,12 @@ class RequestService:
             await self.publisher.close()
 
     def link(self, request_id: str, api_url: str | None) -> str:
-        base = api_url or f"http://{self.settings.bind_host}:{self.settings.api_port}"
+        # The configured public URL wins over the address this request came in on.
+        base = (
+            getattr(self.settings, "api_url", None)
+            or api_url
+            or f"http://{self.settings.bind_host}:{self.settings.api_port}"
+        )
         return f"{base.rstrip('/')}/requests/{request_id}"
 
     async def create(
