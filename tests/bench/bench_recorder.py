@@ -26,12 +26,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from auditcast.broker import free_port
 from tests.collectors.pty.bare_pty import spawn_on_pty
 from tests.helpers.broker import isolated_settings, settings_env, start_broker
 
 KEYSTROKES = int(os.environ.get("BENCH_KEYSTROKES", "2000"))
 THROUGHPUT_BYTES = int(os.environ.get("BENCH_THROUGHPUT_MB", "100")) * 1_000_000
-RUNS = int(os.environ.get("BENCH_RUNS", "3"))
+# Runs alternate bare / rec so that load from other processes hits both alike; the
+# machine is shared, so we report the median and the best (least disturbed) run.
+RUNS = int(os.environ.get("BENCH_RUNS", "4"))
 READY = b"READY"
 ECHO_PROGRAM = ["bash", "-c", "stty raw -echo; printf READY; exec cat"]
 
@@ -168,7 +171,11 @@ def main() -> None:
 
         data = tmp / "out.txt"
         make_text_file(data, THROUGHPUT_BYTES)
-        bare_rates, rec_rates, rec_walls = [], [], []
+        # Diagnostic: the same with the broker unreachable, so the spool only writes to
+        # disk and delivery (aiokafka sending on rec's event loop, the broker's ingest on
+        # this machine's CPUs) is left for later.
+        offline = {**env, "AUDITCAST_KAFKA": f"127.0.0.1:{free_port()}"}
+        bare_rates, rec_rates, rec_walls, offline_rates = [], [], [], []
         for _ in range(RUNS):
             n, secs = throughput_bare(data)
             bare_rates.append(n / secs / 1e6)
@@ -177,6 +184,8 @@ def main() -> None:
                 raise AssertionError(f"rec passed {n_rec} bytes, bare PTY {n}")
             rec_rates.append(n_rec / secs_rec / 1e6)
             rec_walls.append(wall)
+            n_off, secs_off, _ = throughput_rec(data, offline)
+            offline_rates.append(n_off / secs_off / 1e6)
 
         result: dict[str, Any] = {
             "benchmark": "recorder",
@@ -193,11 +202,17 @@ def main() -> None:
             },
             "throughput": {
                 "bytes": THROUGHPUT_BYTES,
+                "runs": RUNS,
                 "bare_mb_s": round(statistics.median(bare_rates), 1),
                 "rec_mb_s": round(statistics.median(rec_rates), 1),
                 "ratio": round(statistics.median(rec_rates) / statistics.median(bare_rates), 3),
+                "best_ratio": round(max(rec_rates) / max(bare_rates), 3),
+                "ratio_broker_unreachable": round(
+                    statistics.median(offline_rates) / statistics.median(bare_rates), 3
+                ),
                 "rec_wall_s_incl_delivery": round(statistics.median(rec_walls), 2),
             },
+            "load_avg_1m": round(os.getloadavg()[0], 2),
             "targets": {"added_p99_ms": 0.5, "throughput_ratio": 0.8},
         }
         result["meets_targets"] = (
