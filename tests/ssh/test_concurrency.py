@@ -28,7 +28,7 @@ def expected_output(i: int) -> bytes:
     return b"".join(f"session-{i}-line-{n}\n".encode() for n in range(1, LINES + 1))
 
 
-async def _asyncssh_session(gw: RunningGateway, cert: UserCert, i: int) -> tuple[int, bytes]:
+async def _asyncssh_session(gw: RunningGateway, cert: UserCert, i: int) -> tuple[int, bytes, bytes]:
     async with asyncssh.connect(
         "127.0.0.1",
         gw.port,
@@ -38,20 +38,20 @@ async def _asyncssh_session(gw: RunningGateway, cert: UserCert, i: int) -> tuple
         agent_path=None,
     ) as conn:
         r = await conn.run(command(i), encoding=None)
-        return int(r.exit_status or 0), bytes(r.stdout or b"")
+        return int(r.exit_status or 0), bytes(r.stdout or b""), bytes(r.stderr or b"")
 
 
-async def _openssh_session(gw: RunningGateway, cert: UserCert, i: int) -> tuple[int, bytes]:
+async def _openssh_session(gw: RunningGateway, cert: UserCert, i: int) -> tuple[int, bytes, bytes]:
     argv = gw.ssh_argv(cert, "root@node1" if i % 2 else "root@node2", command(i))
     proc = await asyncio.create_subprocess_exec(
         *argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
-    out, _err = await proc.communicate()
+    out, err = await proc.communicate()
     assert proc.returncode is not None
-    return proc.returncode, out
+    return proc.returncode, out, err
 
 
-async def _all(gw: RunningGateway, certs: list[UserCert]) -> list[tuple[int, bytes]]:
+async def _all(gw: RunningGateway, certs: list[UserCert]) -> list[tuple[int, bytes, bytes]]:
     jobs = [
         (_openssh_session if i < REAL_CLIENTS else _asyncssh_session)(gw, certs[i], i)
         for i in range(SESSIONS)
@@ -66,7 +66,7 @@ def test_hundred_concurrent_sessions_are_each_recorded_completely_and_apart(
     users = [issue_cert(f"user{u}") for u in range(10)]
     certs = [users[i % 10] for i in range(SESSIONS)]
     results = asyncio.run(_all(ssh_gateway, certs))
-    for i, (status, out) in enumerate(results):
+    for i, (status, out, _err) in enumerate(results):
         assert (status, out) == (i % 7, expected_output(i)), f"session {i} on the client side"
 
     def complete(ev: list[Event]) -> bool:
@@ -85,4 +85,10 @@ def test_hundred_concurrent_sessions_are_each_recorded_completely_and_apart(
         ev = by_command[command(i)]
         assert ev.user == certs[i].user and ev.credential_id == certs[i].credential_id
         assert (ev.model_extra or {})["exit_code"] == i % 7
-        assert output_of(session_frames(frames, str(ev.session_id))) == expected_output(i)
+        recorded = output_of(session_frames(frames, str(ev.session_id)))
+        # An exec recording holds stdout and stderr as the node sent them, interleaved:
+        # the session's own lines in order, plus whatever its stderr said, nothing else.
+        stdout, stderr = results[i][1], results[i][2]
+        mine = [ln for ln in recorded.splitlines(keepends=True) if ln.startswith(b"session-")]
+        assert b"".join(mine) == stdout, f"session {i} recording"
+        assert sorted(recorded.splitlines()) == sorted((stdout + stderr).splitlines())
