@@ -85,10 +85,11 @@ def _log_to_file(settings: Settings) -> None:
     setup_logging(settings.log_level, stream=stream)
 
 
-async def deliver(spool: Spool, timeout: float = DRAIN_TIMEOUT_S) -> bool:
+async def deliver(spool: Spool, started: float, timeout: float = DRAIN_TIMEOUT_S) -> bool:
     """Wait for the broker to acknowledge everything spooled; False if it is away.
 
-    Gives up after `UNREACHABLE_GIVE_UP_S` if the spool never got a connection, and
+    Gives up once the spool has gone `UNREACHABLE_GIVE_UP_S` since `started` (loop
+    time) without a connection, so a long session recorded offline ends at once, and
     after `timeout` in any case; what is not delivered stays in the spool.
     """
     loop = asyncio.get_running_loop()
@@ -96,8 +97,9 @@ async def deliver(spool: Spool, timeout: float = DRAIN_TIMEOUT_S) -> bool:
     while True:
         if await spool.flush(DRAIN_POLL_S):
             return True
-        waited = loop.time() - t0
-        if waited >= timeout or (not spool.stats.connected and waited >= UNREACHABLE_GIVE_UP_S):
+        now = loop.time()
+        offline = not spool.stats.connected and now - started >= UNREACHABLE_GIVE_UP_S
+        if offline or now - t0 >= timeout:
             return False
 
 
@@ -116,6 +118,7 @@ async def record_session(
         term_info["type"] = os.environ["TERM"]
     stdin_fd = _stdin_fd()
     spool = Spool(settings, "rec")
+    started = asyncio.get_running_loop().time()
     await spool.start()  # connects in the background; recording never waits for it
     try:
         recorder = SessionRecorder(
@@ -152,7 +155,7 @@ async def record_session(
         finally:
             # Close the recording however it ended: the audit log shows how.
             recorder.end(exit_code)
-        delivered = await deliver(spool)
+        delivered = await deliver(spool, started)
     finally:
         await spool.close(drain_timeout=0)
     log.info(
