@@ -172,14 +172,17 @@ def test_refused_connections_say_why_emit_auth_failed_and_never_reach_the_node(
     assert {n: node.connections() for n, node in ssh_gateway.nodes.items()} == before
 
 
+@pytest.mark.parametrize(
+    "target", [{"user": "carol"}, {"login": "root"}, {"node": "node1"}, {"role": "dev"}]
+)
 def test_lock_ends_a_live_session_with_a_notice_and_refuses_the_reconnect(
-    ssh_gateway: RunningGateway, issue_cert: Callable[..., UserCert]
+    ssh_gateway: RunningGateway, issue_cert: Callable[..., UserCert], target: dict[str, str]
 ) -> None:
     cert = issue_cert("carol")
     argv = ssh_gateway.ssh_argv(cert, "root@node1", tty=True)
     child = pexpect.spawn(argv[0], [*argv[1:], "-q"], timeout=20)
     child.expect(r"[#$] ")
-    name, t0 = publish_lock(ssh_gateway, user="carol")
+    name, t0 = publish_lock(ssh_gateway, **target)
     child.expect(f"session terminated: lock {name} in force: incident 4711")
     elapsed = time.monotonic() - t0
     child.expect(pexpect.EOF)
