@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, Header, HTTPException, Request
 
 from auditcast.access.publish import Publisher
 from auditcast.errors import AccessDenied, AuditcastError
@@ -36,21 +36,12 @@ def _no_login() -> Caller:
     )
 
 
-def _resolve_caller_dependency() -> Callable[..., Any]:
-    """Access core's FastAPI dependency for the authenticated caller."""
-    try:
-        from auditcast.access import api as core_api
-    except ImportError:
-        return _no_login
-    for name in ("current_caller", "current_user", "authenticated", "caller"):
-        dep = getattr(core_api, name, None)
-        if callable(dep):
-            return dep
-    return _no_login
+async def caller_dependency(request: Request, authorization: str = Header(default="")) -> Caller:
+    """The signed-in caller, per access core's `access.api.current_user` (imported late:
+    access.api itself builds on this module). Tests may override this dependency."""
+    from auditcast.access.api import current_user
 
-
-# Routers depend on this name; tests override it in app.dependency_overrides.
-caller_dependency = _resolve_caller_dependency()
+    return await current_user(request, authorization)
 
 
 def http_error(err: AuditcastError) -> HTTPException:

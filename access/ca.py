@@ -188,6 +188,9 @@ class CertificateAuthority:
     def tls_ca_path(self) -> Path:
         return self.dir / "tls_ca.pem"
 
+    def tls_cert_pem(self) -> str:
+        return self.tls_cert.public_bytes(serialization.Encoding.PEM).decode()
+
     def user_ca_line(self) -> str:
         return (self.dir / "user_ca.pub").read_text().strip()
 

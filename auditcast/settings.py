@@ -60,6 +60,16 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
 
+    # SSO (OpenID Connect). `auditcast up --demo` points these at the demo provider.
+    oidc_issuer: str | None = None
+    oidc_client_id: str = "auditcast"
+    oidc_client_secret: str | None = None
+    oidc_scopes: str = "openid email profile groups"
+    oidc_groups_claim: str = "groups"
+    oidc_username_claim: str = "preferred_username"
+    # Where clients reach the API (written into the login profile).
+    api_url: str | None = None
+
     # Locks (access/locks.py): a gateway's lock view older than this is stale; in strict
     # mode a stale view refuses every check. Teleport's default cache staleness is 5 min.
     lock_stale_after: float = Field(default=300.0, gt=0)

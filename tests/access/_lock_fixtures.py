@@ -151,15 +151,9 @@ def access_app(settings: Settings, policies: Callable[[], Any] | None = None) ->
         app.state.role_policies = policies
     for r in (api_locks.router, api_requests.router, api_mfa.router):
         app.include_router(r, prefix="/v1")
-    if not _core_login_available():
-        app.dependency_overrides[api_common.caller_dependency] = bearer_test_identity
+    # These routers' own tests name the caller directly; SSO sign-in has its own tests.
+    app.dependency_overrides[api_common.caller_dependency] = bearer_test_identity
     return app
-
-
-def _core_login_available() -> bool:
-    from auditcast.access import api_common
-
-    return api_common.caller_dependency is not api_common._no_login
 
 
 class ApiServer:

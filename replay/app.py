@@ -1,0 +1,36 @@
+"""The API process (`auditcast api`): FastAPI under /v1.
+
+It mounts the access routers (sign-in and credentials, locks, access requests, MFA);
+the replay routes (events, sessions, recordings) and the web UI slot in here next.
+AuditcastError becomes its HTTP status with a JSON body `{"error", "hint"}`.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from auditcast import __version__
+from auditcast.errors import AuditcastError
+from auditcast.settings import Settings, load_settings
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    from auditcast.access import api, api_locks, api_mfa, api_requests
+
+    app = FastAPI(title="auditcast", version=__version__)
+    app.state.settings = settings or load_settings()
+    for router in (api.router, api_locks.router, api_requests.router, api_mfa.router):
+        app.include_router(router, prefix="/v1")
+
+    @app.exception_handler(AuditcastError)
+    async def _auditcast_error(request: Request, exc: AuditcastError) -> JSONResponse:
+        return JSONResponse(
+            status_code=exc.http_status, content={"error": exc.message, "hint": exc.hint or None}
+        )
+
+    @app.get("/v1/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok", "version": __version__}
+
+    return app

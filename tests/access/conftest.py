@@ -1,0 +1,168 @@
+"""Fixtures for sign-in tests: the real OpenID provider (oidc-provider under node), a
+real `auditcast api` process, and a helper that runs a real `auditcast login` and
+completes it over HTTP the way a browser would.
+
+- `idp`: the demo IdP (users alice/admins, bob/developers, carol/contractors,
+  dave/auditors; password `<name>-pass`), one per test session.
+- `access_api`: `auditcast api` on a free port with its own server home: example roles,
+  three clusters (staging-1, staging-2: environment=staging; prod-1: production), two
+  nodes, topics on the session broker.
+- `access_api.login(user, *extra_args)`: a fresh client home for that user, logged in
+  with `auditcast login --json`; returns a `Client` that runs CLI verbs as that user.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from auditcast.access.idp_runner import DEMO_USERS, IdPProcess
+from auditcast.broker import EmbeddedBroker, free_port
+from auditcast.settings import Settings
+from tests.helpers.broker import isolated_settings, settings_env
+
+AUDITCAST = str(Path(sys.executable).with_name("auditcast"))
+CLUSTERS = {
+    "clusters": [
+        {"name": "staging-1", "url": "https://127.0.0.1:1", "labels": {"environment": "staging"}},
+        {"name": "staging-2", "url": "https://127.0.0.1:1", "labels": {"environment": "staging"}},
+        {"name": "prod-1", "url": "https://127.0.0.1:1", "labels": {"environment": "production"}},
+    ]
+}
+NODES = {
+    "nodes": [
+        {"name": "node1", "address": "127.0.0.1", "port": 22, "labels": {"environment": "staging"}},
+        {
+            "name": "db1",
+            "address": "127.0.0.1",
+            "port": 22,
+            "labels": {"environment": "production"},
+        },
+    ]
+}
+URL_LINE = re.compile(r"^\s+(http://\S+/auth\?\S+)$")
+
+
+@pytest.fixture(scope="session")
+def idp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IdPProcess]:
+    proc = IdPProcess(free_port(), tmp_path_factory.mktemp("idp")).start()
+    yield proc
+    proc.stop()
+
+
+def browser_sign_in(url: str, user: str, password: str) -> httpx.Response:
+    """What a person does in the browser: open the URL, submit the login form. The IdP
+    then redirects to the CLI's loopback callback, which this client follows too."""
+    with httpx.Client(follow_redirects=True, timeout=20) as browser:
+        page = browser.get(url)
+        action = re.search(r'action="([^"]+)"', page.text)
+        assert page.status_code == 200 and action, page.text[:500]
+        return browser.post(
+            str(page.url.join(action.group(1))), data={"username": user, "password": password}
+        )
+
+
+@dataclass
+class Client:
+    user: str
+    home: Path
+    env: dict[str, str]
+    login_output: dict = field(default_factory=dict)
+
+    def run(
+        self, *args: str, check: bool = True, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        out = subprocess.run([AUDITCAST, *args], env=self.env, capture_output=True, text=True,
+                             timeout=timeout)  # fmt: skip
+        if check:
+            assert out.returncode == 0, f"auditcast {' '.join(args)}: {out.stderr}"
+        return out
+
+    def json(self, *args: str) -> object:
+        return json.loads(self.run(*args, "--json").stdout)
+
+
+@dataclass
+class AccessAPI:
+    url: str
+    settings: Settings
+    idp: IdPProcess
+    root: Path
+    proc: subprocess.Popen[bytes]
+
+    def client(self, user: str) -> Client:
+        home = self.root / f"client-{user}-{time.monotonic_ns()}"
+        env = {
+            **os.environ, "AUDITCAST_HOME": str(home), "KUBECONFIG": str(home / "kubeconfig"),
+            "BROWSER": "true", "AUDITCAST_TOPIC_PREFIX": self.settings.topic_prefix,
+        }  # fmt: skip
+        env.pop("AUDITCAST_API_URL", None)
+        env.pop("AUDITCAST_TOKEN", None)
+        return Client(user, home, env)
+
+    def login(
+        self, user: str, *extra: str, password: str | None = None, client: Client | None = None
+    ) -> Client:
+        c = client or self.client(user)
+        proc = subprocess.Popen(
+            [AUDITCAST, "login", "--proxy", self.url, "--json", *extra],
+            env=c.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert proc.stderr is not None
+        url = None
+        deadline = time.monotonic() + 30
+        while url is None and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            if not line:
+                break
+            m = URL_LINE.match(line.rstrip("\n"))
+            url = m.group(1) if m else None
+        assert url, f"login printed no URL: {proc.stderr.read() if proc.poll() is not None else ''}"
+        done = browser_sign_in(url, user, password or DEMO_USERS[user]["password"])
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, (
+            f"login failed: {err}\nbrowser saw {done.status_code}: {done.text[:300]}"
+        )
+        assert "signed in" in done.text
+        c.login_output = json.loads(out)
+        return c
+
+
+@pytest.fixture
+def access_api(broker: EmbeddedBroker, idp: IdPProcess, tmp_path: Path) -> Iterator[AccessAPI]:
+    server_home = tmp_path / "server"
+    s = isolated_settings(server_home, broker.bootstrap)
+    server_home = s.home_dir
+    (server_home / "kube-clusters.yaml").write_text(yaml.safe_dump(CLUSTERS))
+    (server_home / "nodes.yaml").write_text(yaml.safe_dump(NODES))
+    port = free_port()
+    env = {**os.environ, **settings_env(s), "AUDITCAST_OIDC_ISSUER": idp.issuer,
+           "AUDITCAST_API_PORT": str(port)}  # fmt: skip
+    log = open(tmp_path / "api.log", "wb")
+    proc = subprocess.Popen([AUDITCAST, "api"], env=env, stdout=log, stderr=log)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/v1/health", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    else:
+        proc.kill()
+        raise AssertionError((tmp_path / "api.log").read_text()[-3000:])
+    yield AccessAPI(url, s, idp, tmp_path, proc)
+    proc.terminate()
+    proc.wait(10)
+    log.close()
