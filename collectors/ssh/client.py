@@ -18,10 +18,6 @@ import click
 from auditcast.errors import ConfigError, LoginRequired
 from auditcast.settings import Settings, load_settings
 
-# Where `auditcast login` leaves the SSH credentials, relative to AUDITCAST_HOME.
-KEY_CANDIDATES = ("ssh/id_ed25519", "keys/id_ed25519", "id_ed25519")
-KNOWN_HOSTS_CANDIDATES = ("ssh/known_hosts", "known_hosts")
-
 
 @dataclass(frozen=True)
 class SshProfile:
@@ -31,19 +27,16 @@ class SshProfile:
 
 
 def find_profile(settings: Settings) -> SshProfile:
-    home = settings.home_dir
-    for rel in KEY_CANDIDATES:
-        key = home / rel
-        cert = Path(f"{key}-cert.pub")
-        if key.is_file() and cert.is_file():
-            break
-    else:
-        raise LoginRequired(f"no SSH certificate from `auditcast login` in {home}")
-    for rel in KNOWN_HOSTS_CANDIDATES:
-        known = home / rel
-        if known.is_file():
-            return SshProfile(key, cert, known)
-    raise LoginRequired(f"no known_hosts with the gateway's CA in {home}")
+    """The key, certificate and known_hosts `auditcast login` wrote (access.profile)."""
+    from auditcast.access.profile import ssh_dir
+
+    d = ssh_dir(settings)
+    key, cert, known = d / "id_ed25519", d / "id_ed25519-cert.pub", d / "known_hosts"
+    if not (key.is_file() and cert.is_file()):
+        raise LoginRequired(f"no SSH certificate from `auditcast login` in {d}")
+    if not known.is_file():
+        raise LoginRequired(f"no known_hosts with the gateway's host CA in {d}")
+    return SshProfile(key, cert, known)
 
 
 def ssh_argv(

@@ -14,7 +14,7 @@ import yaml
 
 from auditcast.broker import free_port
 from auditcast.settings import Settings
-from tests.ssh.conftest import Pki, UserCert
+from tests.ssh.conftest import Pki, RunningGateway, UserCert
 from tests.ssh.harness import read_events
 from tests.ssh.nodes import SshdNode
 
@@ -71,3 +71,37 @@ def test_ssh_gateway_command_serves_the_inventory_and_stops_on_sigint(
     # The process drained its spool on the way out: both outcomes are on the broker.
     events = read_events(settings, lambda ev: {"ssh.exec", "auth.failed"} <= {e.type for e in ev})
     assert {"ssh.exec", "auth.failed"} <= {e.type for e in events}
+
+
+def test_auditcast_ssh_runs_openssh_through_the_gateway_with_the_login_profile(
+    ssh_gateway: RunningGateway,
+    issue_cert: Callable[..., UserCert],
+    cli_env: Callable[[Settings], dict[str, str]],
+    tmp_path: Path,
+) -> None:
+    # What `auditcast login` leaves in $AUDITCAST_HOME/ssh/ (access.login_flow).
+    home = tmp_path / "client-home"
+    d = home / "ssh"
+    d.mkdir(parents=True)
+    cert = issue_cert("judy", roles=("dev",))
+    shutil.copy(cert.key, d / "id_ed25519")
+    shutil.copy(cert.cert, d / "id_ed25519-cert.pub")
+    shutil.copy(ssh_gateway.pki.known_hosts, d / "known_hosts")
+    env = {
+        **cli_env(ssh_gateway.settings),
+        "AUDITCAST_HOME": str(home),
+        "AUDITCAST_SSH_PORT": str(ssh_gateway.port),
+    }
+    r = subprocess.run(
+        [AUDITCAST, "ssh", "root@node2", "echo", "wrapped-$((40+2))"],
+        env=env,
+        capture_output=True,
+        timeout=30,
+    )
+    assert (r.returncode, r.stdout) == (0, b"wrapped-42\n"), r.stderr
+    events = ssh_gateway.events(lambda ev: any(e.type == "ssh.exec" for e in ev))
+    (ex,) = [e for e in events if e.type == "ssh.exec"]
+    assert ex.user == "judy" and ex.node == "node2" and ex.credential_id == cert.credential_id
+
+    bad = subprocess.run([AUDITCAST, "ssh", "node2"], env=env, capture_output=True, timeout=30)
+    assert bad.returncode != 0 and b"LOGIN@NODE" in bad.stderr
