@@ -35,6 +35,7 @@ from auditcast.collectors.ssh.policy import (
     cert_time_refusal,
     lock_notice,
     lock_refusal,
+    node_known_hosts,
     parse_destination,
 )
 from auditcast.collectors.ssh.ports import (
@@ -486,7 +487,7 @@ class _ClientConnection(asyncssh.SSHServer):
                 key, cert = self.gw.keys.upstream_identity(
                     t.login, t.cert.user, t.cert.credential_id
                 )
-                known = self.gw.keys.node_known_hosts
+                known = node_known_hosts(self.gw.keys.node_known_hosts, t.node)
                 self._upstream = await asyncio.wait_for(
                     asyncssh.connect(
                         t.node.address,

@@ -50,6 +50,19 @@ class Node:
     address: str
     port: int
     labels: Mapping[str, str] = field(default_factory=dict)
+    # The node's own host public key ("ssh-ed25519 AAAA..."), for nodes without a
+    # host certificate from the auditcast host CA.
+    host_key: str | None = None
+
+
+def node_known_hosts(ca_lines: str | None, node: Node) -> str | None:
+    """known_hosts text the gateway checks a node's host key against: the host CA's
+    `@cert-authority` line, plus the node's pinned key when the inventory has one."""
+    lines = [ca_lines.strip()] if ca_lines else []
+    if node.host_key:
+        host = node.address if node.port == 22 else f"[{node.address}]:{node.port}"
+        lines.append(f"{host} {node.host_key.strip()}")
+    return "\n".join(lines) + "\n" if lines else None
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,7 @@ def load_inventory(settings: Settings) -> StaticNodes:
                 address=str(extra.get("address", "127.0.0.1")),
                 port=int(extra.get("port", 22)),
                 labels=dict(n.labels),
+                host_key=str(extra["host_key"]) if extra.get("host_key") else None,
             )
         )
     return StaticNodes(nodes)

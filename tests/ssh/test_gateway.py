@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import subprocess
 import sys
 import time
@@ -15,10 +16,15 @@ import pytest
 
 from auditcast.access.lock_model import LockTargets, new_lock
 from auditcast.access.publish import Publisher
+from auditcast.collectors.ssh.policy import Node
+from auditcast.collectors.ssh.service import load_keys, start_service
+from auditcast.collectors.ssh.wiring import StaticNodes
 from auditcast.events import Event
+from auditcast.settings import Settings
 from auditcast.topics import IDENTITIES, LOCKS
-from tests.ssh.conftest import RunningGateway, UserCert
+from tests.ssh.conftest import ROLES, LoopThread, Pki, RunningGateway, UserCert
 from tests.ssh.harness import input_of, output_of, read_frames, session_frames
+from tests.ssh.nodes import SshdNode
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -247,3 +253,38 @@ def test_roles_come_from_the_identities_record_when_the_certificate_has_none(
     # ... and the dev role still keeps hana out of production.
     r = run_ssh(ssh_gateway, cert, "root@node3", "true")
     assert r.returncode == 255 and b"node 'node3'" in r.stderr
+
+
+def test_nodes_without_a_host_certificate_are_checked_against_their_pinned_key(
+    make_settings: Callable[..., Settings],
+    ssh_pki: Pki,
+    ssh_nodes: dict[str, SshdNode],
+    issue_cert: Callable[..., UserCert],
+) -> None:
+    """No host-CA trust at all: node1 pinned to its real key works, node2 pinned to
+    node1's key is refused before any login on it."""
+    settings = make_settings()
+    shutil.copytree(ssh_pki.ca_dir, settings.home_dir / "ca", dirs_exist_ok=True)
+    real_key = (ssh_nodes["node1"].dir / "ssh_host_ed25519_key.pub").read_text().strip()
+    inventory = StaticNodes(
+        Node(n.name, "127.0.0.1", n.port, n.labels, host_key=real_key) for n in ssh_nodes.values()
+    )
+    runner = LoopThread()
+    try:
+        keys = load_keys(settings, ("127.0.0.1",))
+        keys.node_known_hosts = None
+        svc = runner.call(
+            start_service(settings, inventory, ROLES, host="127.0.0.1", port=0, keys=keys)
+        )
+        gw = RunningGateway(
+            settings, svc.port, svc.gateway, svc.lock_view, svc.spool, runner, ssh_pki, ssh_nodes
+        )
+        cert = issue_cert("lena")
+        ok = run_ssh(gw, cert, "root@node1", "echo pinned")
+        assert (ok.returncode, ok.stdout) == (0, b"pinned\n"), ok.stderr
+        bad = run_ssh(gw, cert, "root@node2", "echo never")
+        assert bad.returncode == 255 and bad.stdout == b""
+        assert b"cannot reach node node2" in bad.stderr
+        runner.call(svc.stop())
+    finally:
+        runner.stop()

@@ -20,6 +20,7 @@ from auditcast.collectors.ssh.policy import (
     cert_time_refusal,
     grant_from_roles,
     lock_notice,
+    node_known_hosts,
     parse_destination,
 )
 from auditcast.collectors.ssh.scp import scp_direction
@@ -204,3 +205,11 @@ def test_sftp_tap_gives_up_on_oversized_packets() -> None:
 )
 def test_scp_exec_direction(command: str, expected: tuple[str, str] | None) -> None:
     assert scp_direction(command) == expected
+
+
+def test_node_host_key_is_pinned_next_to_the_host_ca() -> None:
+    ca = "@cert-authority * ssh-ed25519 AAAACA"
+    n = Node("n", "10.0.0.5", 2222, {}, host_key="ssh-ed25519 AAAAKEY")
+    assert node_known_hosts(ca, n) == f"{ca}\n[10.0.0.5]:2222 ssh-ed25519 AAAAKEY\n"
+    assert node_known_hosts(None, Node("n", "h", 22, {}, host_key="k")) == "h k\n"
+    assert node_known_hosts(ca, Node("n", "h", 22)) == f"{ca}\n"
