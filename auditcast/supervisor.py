@@ -309,30 +309,45 @@ class Supervisor:
             self.write_status()
 
     async def _restart_broker(self) -> None:
+        """A new, empty broker on the same address, with our topics created first.
+
+        Tansu creates any topic a client merely asks metadata for (4 partitions, no
+        compaction). Our children would reconnect within milliseconds and win that race
+        against `ensure_topics`, so they are paused (SIGSTOP) until the topics exist.
+        """
         assert self.broker is not None
         code = self.broker.proc.returncode if self.broker.proc else None
         log.error("embedded broker died; restarting it", extra={"fields": {"code": code}})
         self.settings.broker_file.unlink(missing_ok=True)
         self.broker.stop()
         self.broker = None
-        while not self._stopping.is_set():
-            try:
-                await self._start_broker()
-                self.broker_restarts += 1
-                self._broker_backoff = BACKOFF_FIRST_S
-                break
-            except BrokerUnavailable as e:
-                log.error(
-                    "embedded broker restart failed",
-                    extra={"fields": {"error": e.message, "retry_in_s": self._broker_backoff}},
-                )
-                await asyncio.sleep(self._broker_backoff)
-                self._broker_backoff = min(self._broker_backoff * 2, BACKOFF_MAX_S)
-        for child in self.children:
+        paused = [c for c in self.children if c.running]
+        for child in paused:
+            if child.pid:
+                _signal_group(child.pid, signal.SIGSTOP)
+        try:
+            while not self._stopping.is_set():
+                try:
+                    await self._start_broker()
+                    self.broker_restarts += 1
+                    self._broker_backoff = BACKOFF_FIRST_S
+                    break
+                except BrokerUnavailable as e:
+                    log.error(
+                        "embedded broker restart failed",
+                        extra={"fields": {"error": e.message, "retry_in_s": self._broker_backoff}},
+                    )
+                    await asyncio.sleep(self._broker_backoff)
+                    self._broker_backoff = min(self._broker_backoff * 2, BACKOFF_MAX_S)
+        finally:
+            for child in paused:
+                if child.pid:
+                    _signal_group(child.pid, signal.SIGCONT)
+        for child in paused:
             if child.spec.restart_on_new_broker and child.running:
                 # Its group and offsets died with the old broker; a fresh process rejoins
                 # cleanly (the stores dedupe what it reads again).
-                _stop_child(child, grace=STOP_GRACE_S / 2)
+                await asyncio.to_thread(_stop_child, child, STOP_GRACE_S / 2)
                 child.state = "restarting"
                 child.next_start = time.monotonic()
         self.write_status()

@@ -21,12 +21,14 @@ from typing import Final
 
 import click
 import orjson
+from aiokafka.admin import AIOKafkaAdminClient
 
 from auditcast.cli._util import run, settings
 from auditcast.errors import BrokerUnavailable
 from auditcast.kafka import cluster_info, ensure_topics, resolve_bootstrap
 from auditcast.logs import setup_logging
 from auditcast.settings import Settings
+from auditcast.topics import EVENTS_RAW, SESSION_FRAMES, topic
 
 log = logging.getLogger("auditcast.streams.worker")
 
@@ -46,11 +48,38 @@ class BrokerChanged(BrokerUnavailable):
     """The broker answers with a different cluster id than at start: it restarted empty."""
 
 
-async def _prepare(s: Settings) -> tuple[str, str]:
+async def _prepare(s: Settings) -> tuple[str, str, int]:
     bootstrap = resolve_bootstrap(s)
     info = await cluster_info(bootstrap)
     await ensure_topics(s, bootstrap)
-    return bootstrap, info.cluster_id
+    return bootstrap, info.cluster_id, await _partitions(s, bootstrap)
+
+
+async def _partitions(s: Settings, bootstrap: str) -> int:
+    """How many partitions `events.raw` really has: the session table and its changelog
+    must match it. It can differ from settings: Tansu creates a topic a client merely
+    asks about with 4 partitions, so a collector that reconnects to a restarted broker
+    before the topics are made again decides the count."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        names = [topic(s, EVENTS_RAW), topic(s, SESSION_FRAMES)]
+        described = await admin.describe_topics(names)
+    finally:
+        await admin.close()
+    counts = {d["topic"]: len(d["partitions"]) for d in described}
+    if len(set(counts.values())) != 1:
+        raise BrokerUnavailable(
+            f"events.raw and session.frames must have the same partition count: {counts}",
+            hint="recreate the topics (session assembly joins them by session id)",
+        )
+    n = counts[names[0]]
+    if n != s.partitions:
+        log.warning(
+            "topic partition count differs from settings; following the topics",
+            extra={"fields": {"topics": n, "settings": s.partitions}},
+        )
+    return n
 
 
 def _hard_exit_later(code: int) -> None:
@@ -67,9 +96,11 @@ def _hard_exit_later(code: int) -> None:
 def run_worker(s: Settings) -> int:
     """Run until stopped; returns the process exit code."""
     import faust  # imported here: Faust is slow to import and only this verb needs it
+
     from auditcast.streams.app import StreamsApp, app_id
 
-    bootstrap, cluster_id = run(_prepare(s))
+    bootstrap, cluster_id, partitions = run(_prepare(s))
+    s = s.model_copy(update={"partitions": partitions})
     streams = StreamsApp(s, bootstrap)
     app = streams.app
     ready = ready_file(s)
