@@ -164,7 +164,11 @@ class SSHGateway:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
-        if self._tasks:  # session ends being written: let them reach the spool
+        # Hang-ups are delivered on the next loop turns; the session ends they start
+        # must reach the spool before the caller closes it.
+        for _ in range(3):
+            await asyncio.sleep(0)
+        if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=5)
 
     def _on_lock(self, lock: Lock) -> None:
@@ -618,8 +622,8 @@ class _RelaySession(asyncssh.SSHServerSession[bytes]):
 
     def data_received(self, data: bytes, datatype: int | None) -> None:
         self.bytes_in += len(data)
-        if self.rec is not None and self.mode == "shell":
-            self.rec.input(data)
+        if self.rec is not None and (self.mode == "shell" or self.term_type):
+            self.rec.input(data)  # keystrokes; stdin of a command without a PTY is data
         if self.sftp is not None:
             for tr in self.sftp.client_data(data):
                 self._transfer_event(tr)
@@ -727,6 +731,9 @@ class _RelaySession(asyncssh.SSHServerSession[bytes]):
             chan.exit(255)
             return
         self.up = up
+        if self.done:  # the user hung up while the node side was opening
+            up.close()
+            return
         if self.notice is not None:
             self.terminate(self.notice)
             return
