@@ -17,8 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pexpect
 import pytest
+import yaml
 
+from auditcast.access.lock_authority import LockAuthority
+from auditcast.access.lock_model import LockTargets, new_lock
 from auditcast.broker import free_port
 from auditcast.kafka import start_consumer
 from auditcast.settings import Settings
@@ -34,6 +38,8 @@ from tests.kubeapi import (
 from tests.kubeapi.server import wait_for
 
 ca_mod = pytest.importorskip("auditcast.access.ca")
+roles_mod = pytest.importorskip("auditcast.access.roles")
+EXAMPLE_ROLES = Path(roles_mod.__file__).with_name("roles.example.yaml")
 tokens_mod = pytest.importorskip("auditcast.access.tokens")
 AUDITCAST = str(Path(os.sys.executable).with_name("auditcast"))  # type: ignore[attr-defined]
 
@@ -107,6 +113,13 @@ def gateway_process(
     labels: {{environment: production}}
 """
         )
+        roles = yaml.safe_load(EXAMPLE_ROLES.read_text())
+        roles["roles"]["oncall"] = {
+            "kube_groups": ["devs"],
+            "kube_labels": {"environment": "staging"},
+            "require_session_mfa": True,
+        }
+        (settings.home_dir / "roles.yaml").write_text(yaml.safe_dump(roles))
         env = {**cli_env(settings), "AUDITCAST_KUBE_PORT": str(port)}
         log = (tmp_path / "gateway.log").open("wb")
         proc = subprocess.Popen([AUDITCAST, "kube-gateway"], env=env, stdout=log, stderr=log)
@@ -261,3 +274,70 @@ async def _values(
     finally:
         await consumer.stop()
     return got
+
+
+def test_role_requiring_session_mfa_refuses_tokens_without_it(
+    gateway_process: GatewayProcess,
+) -> None:
+    gw = gateway_process
+    no_mfa, _ = gw.token("alice", "dev-cluster", ["oncall"], kube_groups=["devs"])
+    with_mfa, _ = gw.token("alice", "dev-cluster", ["oncall"], kube_groups=["devs"], mfa=True)
+    refused = subprocess.run(
+        ["kubectl", "get", "pods", "-n", "dev"],
+        env=gw.kubectl_env(no_mfa, "dev-cluster"),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert refused.returncode == 1
+    assert not gw.upstream.seen
+    ok = subprocess.run(
+        ["kubectl", "get", "pods", "-n", "dev"],
+        env=gw.kubectl_env(with_mfa, "dev-cluster"),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert ok.returncode == 0, ok.stderr
+    log = (gw.home / "gateway.log").read_text()
+    assert "requires per-session MFA" in log
+
+
+def test_lock_created_elsewhere_closes_exec_in_the_gateway_process_and_is_lifted(
+    gateway_process: GatewayProcess,
+) -> None:
+    gw = gateway_process
+    token, _ = gw.token("carol", "dev-cluster", ["devrole"], kube_groups=["devs"])
+    env = gw.kubectl_env(token, "dev-cluster")
+    authority = LockAuthority(gw.settings)
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(authority.start())
+    shell = pexpect.spawn(
+        "kubectl", ["exec", "-it", "-n", "dev", "web-0", "--", "sh"], env=env, timeout=20
+    )
+    try:
+        shell.expect_exact("web-0$ ")
+        lock = new_lock(LockTargets(user="carol"), ttl=dt.timedelta(minutes=5), message="INC-7")
+        t0 = time.monotonic()
+        loop.run_until_complete(authority.create(lock))
+        shell.expect(pexpect.EOF, timeout=5)
+        assert time.monotonic() - t0 < 2.0
+        assert "INC-7" in shell.before.decode()
+        denied = subprocess.run(
+            ["kubectl", "get", "pods", "-n", "dev"], env=env, capture_output=True, text=True
+        )
+        assert denied.returncode == 1 and f"access locked by {lock.name}: INC-7" in denied.stderr
+        loop.run_until_complete(authority.delete(lock.name, by="secops"))
+        deadline = time.monotonic() + 15
+        while True:
+            again = subprocess.run(
+                ["kubectl", "get", "pods", "-n", "dev"], env=env, capture_output=True, text=True
+            )
+            if again.returncode == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert again.returncode == 0, again.stderr
+    finally:
+        shell.close(force=True)
+        loop.run_until_complete(authority.stop())
+        loop.close()
