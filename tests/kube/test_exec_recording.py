@@ -130,3 +130,58 @@ def test_interactive_exec_is_recorded_exactly_as_the_user_saw_it(
     assert typed == b"echo hello $((6*7))\nstty size\nexit 5\n"
     resizes = [f.data for f in frames if f.kind == "r"]
     assert resizes == [b"80x24", b"120x40"]  # kubectl's initial size, then the resize
+
+
+def test_non_tty_exec_is_recorded_too(
+    tmp_path: Path, make_settings: Callable[..., Settings]
+) -> None:
+    settings = make_settings()
+    with running_kube_env(tmp_path) as env:
+        spool = spool_mod.Spool(settings, "kube-gateway-test")
+        env.gateway.call(spool.start())
+
+        def recorder(kind: str, **fields: Any) -> Any:
+            return session_mod.SessionRecorder(spool, kind=kind, **fields)
+
+        env.gateway.gateway.recorder = recorder
+        env.gateway.gateway.sink = spool
+        r = subprocess.run(
+            [
+                "kubectl",
+                "exec",
+                "-n",
+                "dev",
+                "web-0",
+                "--",
+                "sh",
+                "-c",
+                "echo out; echo err >&2; exit 3",
+            ],
+            env=env.kubeconfig(env.mint.mint("alice")),
+            capture_output=True,
+            timeout=30,
+        )
+        assert r.returncode == 3 and r.stdout == b"out\n"
+        assert env.gateway.call(spool.flush(10))
+        env.gateway.call(spool.close(5))
+
+    events = [orjson.loads(v) for v in asyncio.run(read_topic(
+        settings, EVENTS_RAW, lambda got: any(b"session.end" in v for v in got)
+    ))]  # fmt: skip
+    start = next(e for e in events if e["type"] == "session.start")
+    end = next(e for e in events if e["type"] == "session.end")
+    assert start["tty"] is False and start["command"] == [
+        "sh",
+        "-c",
+        "echo out; echo err >&2; exit 3",
+    ]
+    assert end["exit_code"] == 3
+    raw = asyncio.run(read_topic(settings, SESSION_FRAMES, lambda got: any(
+        f.kind == "x" for v in got for f in decode_frames(v)
+    )))  # fmt: skip
+    output = b"".join(
+        f.data
+        for f in sorted((f for v in raw for f in decode_frames(v)), key=lambda f: f.seq)
+        if f.kind == "o" and f.session_id == start["session_id"]
+    )
+    assert sorted(output.splitlines()) == [b"err", b"out"]  # stdout and stderr both kept
