@@ -1,9 +1,9 @@
 """`SessionRecorder`: the one session lifecycle every collector records through.
 
-`start()` emits `session.start`; `output`/`input`/`resize`/`marker` add frames that are
-flushed to the spool as one message every ~50 ms or 32 KiB (DESIGN §2); `end()` adds
-the `x` frame and emits `session.end` with the byte counters. The hot path
-(`output`) only appends to a list: no awaits, no per-byte work.
+`start()` emits `session.start`; `output`/`input`/`resize`/`marker` add frames that go
+to the spool as one message every ~50 ms or 32 KiB (DESIGN §2); `end()` adds the `x`
+frame and emits `session.end` with the counters. The hot path (`output`) appends a
+tuple to a list and maybe arms a timer: no awaits, no per-byte work, no validation.
 """
 
 from __future__ import annotations
@@ -12,27 +12,33 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any, Final, Protocol
 
+from auditcast.errors import SpoolError
 from auditcast.events import Event, Frame, FrameKind, Source
 
 log = logging.getLogger(__name__)
 
-# Frames are batched: a message per keystroke would cost more than the keystroke.
+# Frames are batched: a Kafka message per keystroke would cost more than the keystroke,
+# and 50 ms is below what a person watching a live session notices as lag.
 FLUSH_INTERVAL_S: Final = 0.05
-# ...but a burst is cut at 32 KiB so one message stays far below Kafka's 1 MiB limit.
+# ...and a burst is cut at 32 KiB, so one message stays far below Kafka's 1 MiB limit
+# and a live viewer gets big outputs in pieces. Larger single outputs are split.
 FLUSH_BYTES: Final = 32 * 1024
 
 
 class FrameSink(Protocol):
-    """What the recorder needs of the spool."""
+    """What the recorder needs of the spool (`collectors.spool.Spool`)."""
 
     def append_event(self, event: Event) -> None: ...
 
-    def append_frames(self, session_id: str, frames: list[Frame]) -> None: ...
+    def append_frames(self, session_id: str, frames: Sequence[Frame]) -> None: ...
 
 
 class SessionRecorder:
+    """One recorded session: its start and end events and its frames, in order."""
+
     def __init__(
         self,
         spool: FrameSink,
@@ -62,48 +68,36 @@ class SessionRecorder:
         self.start_fields = {k: v for k, v in start_fields.items() if v is not None}
         self.bytes_in = 0
         self.bytes_out = 0
-        self.frames = 0
+        self.frames = 0  # frames handed to the spool
+        self.frames_lost = 0  # frames the spool refused (full, disk error)
+        self.started = False
         self.ended = False
+        self._end_event: Event | None = None
         self._seq = 0
-        self._t0 = 0.0
-        self._pending: list[Frame] = []
+        self._t0 = time.monotonic()
+        self._pending: list[tuple[int, float, FrameKind, bytes]] = []
         self._pending_bytes = 0
         self._timer: asyncio.TimerHandle | None = None
 
     def event(self, event_type: str, **fields: Any) -> Event:
         """An event of this session with the common fields set."""
-        return Event(type=event_type, **self._common, **fields)
+        return Event.model_validate({"type": event_type, **self._common, **fields})
 
     def start(self) -> Event:
-        self._t0 = time.monotonic()
+        """Emit `session.start`; frame times count from here.
+
+        Raises SpoolFull/SpoolError if the spool refuses it: the caller decides whether
+        a session that cannot be audited may go on.
+        """
         ev = self.event("session.start", kind=self.kind, **self.start_fields)
         self.spool.append_event(ev)
+        self._t0 = time.monotonic()
+        self.started = True
         return ev
 
     @property
     def elapsed(self) -> float:
         return time.monotonic() - self._t0
-
-    def _add(self, kind: FrameKind, data: bytes) -> None:
-        if self.ended:
-            return
-        t = round(self.elapsed, 6)
-        for i in range(0, max(len(data), 1), FLUSH_BYTES):
-            chunk = data[i : i + FLUSH_BYTES]
-            self._pending.append(
-                Frame(session_id=self.session_id, seq=self._seq, t=t, kind=kind, data=chunk)
-            )
-            self._seq += 1
-            self._pending_bytes += len(chunk)
-            if self._pending_bytes >= FLUSH_BYTES:
-                self.flush()
-        if self._pending and self._timer is None:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:  # no loop (sync use): flush now
-                self.flush()
-                return
-            self._timer = loop.call_later(FLUSH_INTERVAL_S, self.flush)
 
     def output(self, data: bytes) -> None:
         if data:
@@ -121,26 +115,70 @@ class SessionRecorder:
     def marker(self, text: str) -> None:
         self._add("m", text.encode())
 
+    def _add(self, kind: FrameKind, data: bytes) -> None:
+        if self.ended:
+            return
+        t = round(time.monotonic() - self._t0, 6)
+        if len(data) > FLUSH_BYTES:
+            view = memoryview(data)
+            for i in range(0, len(data), FLUSH_BYTES):
+                self._push(kind, t, bytes(view[i : i + FLUSH_BYTES]))
+        else:
+            self._push(kind, t, data)
+        if self._pending and self._timer is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # used outside an event loop: no timer, flush now
+                self.flush()
+                return
+            self._timer = loop.call_later(FLUSH_INTERVAL_S, self.flush)
+
+    def _push(self, kind: FrameKind, t: float, data: bytes) -> None:
+        self._pending.append((self._seq, t, kind, data))
+        self._seq += 1
+        self._pending_bytes += len(data)
+        if self._pending_bytes >= FLUSH_BYTES:
+            self.flush()
+
     def flush(self) -> None:
+        """Hand the buffered frames to the spool as one message."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         if not self._pending:
             return
-        frames, self._pending, self._pending_bytes = self._pending, [], 0
-        self.frames += len(frames)
+        pending, self._pending, self._pending_bytes = self._pending, [], 0
+        sid = self.session_id
+        # Built without validation: every field was produced by this class.
+        frames = [
+            Frame.model_construct(session_id=sid, seq=seq, t=t, kind=kind, data=data)
+            for seq, t, kind, data in pending
+        ]
         try:
-            self.spool.append_frames(self.session_id, frames)
-        except Exception as e:  # the session goes on; the spool raises its own alert
-            log.error("frames not spooled: %s", e, extra={"session_id": self.session_id})
+            self.spool.append_frames(sid, frames)
+        except SpoolError as e:  # the session goes on; the spool reports its own alert
+            self.frames_lost += len(frames)
+            log.error(
+                "recording frames not spooled: %s",
+                e,
+                extra={"session_id": sid, "fields": {"frames": len(frames)}},
+            )
+            return
+        self.frames += len(frames)
 
     def end(self, exit_code: int | None, **fields: Any) -> Event:
-        """Close the recording: `x` frame, then `session.end` with the counters."""
-        if self.ended:
-            raise RuntimeError(f"session {self.session_id} already ended")
+        """Close the recording: the `x` frame, then `session.end` with the counters.
+
+        Ending twice returns the first `session.end` (gateways end from several paths).
+        """
+        if self._end_event is not None:
+            return self._end_event
         self._add("x", b"" if exit_code is None else str(exit_code).encode())
         self.flush()
         self.ended = True
+        extra = {k: v for k, v in fields.items() if v is not None}
+        if self.frames_lost:
+            extra["frames_lost"] = self.frames_lost
         ev = self.event(
             "session.end",
             kind=self.kind,
@@ -150,7 +188,15 @@ class SessionRecorder:
             frames=self.frames,
             duration=round(self.elapsed, 6),
             recording=self.session_id,
-            **{k: v for k, v in fields.items() if v is not None},
+            **extra,
         )
-        self.spool.append_event(ev)
+        self._end_event = ev
+        try:  # an end is written from cleanup paths: log, don't raise over their error
+            self.spool.append_event(ev)
+        except SpoolError as e:
+            log.error(
+                "session.end not spooled: %s",
+                e,
+                extra={"session_id": self.session_id, "event_id": ev.id},
+            )
         return ev

@@ -1,22 +1,30 @@
-"""The collector's durable outbox: append locally, send to Kafka, forget only what's safe.
+"""The collector's durable outbox: append locally, send to Kafka, forget only what is safe.
 
 Every collector (`auditcast rec`, the kube and SSH gateways) writes events and frame
 batches here first, so a broker outage never costs a record:
 
-- `append*` writes one checksummed record to the process's own segment file (one
-  `os.write`, cheap enough for a PTY hot path) and wakes the sender.
-- The sender task reads its segments back, sends batches with acks=all, and advances a
-  per-segment ack offset only after the broker acknowledged every record before it.
-- Broker down: appends go on (up to `spool_max_bytes`, then `SpoolFull`); the sender
-  retries with capped backoff and drains when the broker returns.
-- The embedded broker is memory-only, so "acknowledged" is not "durable": fully-acked
-  segments are kept as `*.sent` for `spool_retention_seconds` (capped by
-  `spool_retention_max_bytes`). When the sender meets a broker with a different cluster
-  id (a restart), it re-creates the topics and replays that window; stores dedupe by
-  event id and (session_id, seq), so replay is harmless.
-- Several processes can share a spool directory. Each holds an exclusive `flock` on its
-  own segments; a segment whose writer died (lock free) is adopted by the next sender,
-  e.g. the drainer that `auditcast up` runs (`drain_all`).
+- `append*` writes one checksummed record (`_spool_record`) to this process's own
+  segment file with one `os.write` (cheap enough for a PTY hot path) and wakes the
+  sender. `spool_fsync`: `always` fsyncs each append, `batch` once per send batch (and
+  every retry while the broker is away) in a worker thread, `never` leaves it to the OS.
+- The sender task reads segments back, sends batches with acks=all, and moves a
+  per-segment ack offset (the `.ack` sidecar) only after the broker acknowledged every
+  record before it.
+- Broker away: appends go on (up to `spool_max_bytes`, then `SpoolFull`, reported as a
+  `collector.spool_full` event once the broker is back); the sender retries with capped
+  backoff and drains when the broker returns.
+- The embedded broker is memory-only, so acknowledged is not durable: fully-acked
+  segments stay as `*.sent` for `spool_retention_seconds` (capped by
+  `spool_retention_max_bytes`), and each sidecar names the cluster that acknowledged it.
+  A sender that meets a different cluster (the embedded broker gets a fresh id on every
+  start) or finds the topics gone re-creates the topics and replays that window. Stores
+  dedupe by event id and (session_id, seq), so a replay is harmless.
+- Several processes share a spool directory. Each writer appends to segments of its own
+  and holds an exclusive `flock` on them; the next sender (a restarted collector, the
+  drainer that `auditcast up` runs) adopts the segments of a writer that died.
+
+Files in `spool_dir/NAME/`: `seg-<writer>-<n>.log` (pending), `.sent` (retained),
+`.ack` (sidecar of either: acked offset + cluster id).
 """
 
 from __future__ import annotations
@@ -30,43 +38,56 @@ import struct
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
-from auditcast.collectors.spool_format import SpoolRecord, decode_records, encode_record
+from auditcast.collectors._spool_record import (
+    MAX_RECORD_BYTES,
+    SpoolRecord,
+    decode_records,
+    encode_record,
+)
 from auditcast.errors import BrokerUnavailable, SpoolError, SpoolFull
-from auditcast.events import Event, Frame, encode_frames
+from auditcast.events import Event, Frame, Source, encode_frames
 from auditcast.kafka import (
     CONNECT_TIMEOUT_S,
     MAX_REQUEST_BYTES,
     ensure_topics,
-    producer_config,
     resolve_bootstrap,
-    use_idempotence,
+    start_producer,
 )
-from auditcast.kafka import cluster_info as fetch_cluster_info
 from auditcast.settings import Settings
 from auditcast.topics import EVENTS_RAW, SESSION_FRAMES, topic
 
 log = logging.getLogger(__name__)
 
-# A segment rotates at this size so acked data can be released in pieces.
+# A segment rotates at this size, so acked data is released (and replayed) in pieces...
 SEGMENT_MAX_BYTES: Final = 16 * 1024 * 1024
+# ...or at this age, so a quiet gateway's replay after a broker restart covers about the
+# retention window, not everything since the gateway started.
+SEGMENT_MAX_AGE_S: Final = 60.0
 # One send batch: large enough to amortise the round trip, small enough to bound memory.
 SEND_BATCH_RECORDS: Final = 5000
 SEND_BATCH_BYTES: Final = 8 * 1024 * 1024
-# Retry backoff after a failed send or an unreachable broker.
+assert SEND_BATCH_BYTES >= MAX_RECORD_BYTES  # a read always holds at least one record
+# A batch the broker neither acks nor fails in this time is retried on a new connection.
+SEND_TIMEOUT_S: Final = 30.0
+# Retry backoff while the broker is away: quick to notice its return, gentle on a
+# broker that is down for long.
 BACKOFF_MIN_S: Final = 0.2
 BACKOFF_MAX_S: Final = 5.0
-# How often an idle sender looks for orphaned segments and re-checks the cluster id.
+# How often an idle sender looks for orphaned segments and prunes retained ones.
 IDLE_POLL_S: Final = 1.0
-# Before sending, the cluster id is re-checked at most this often: a broker restarted
-# between two checks auto-creates topics on produce, which we want to catch quickly.
+# The cluster id and topics are re-checked before a send at most this often: a broker
+# restarted between two checks must be caught before much is sent to it unnoticed.
 CLUSTER_CHECK_S: Final = 0.5
+# A half-created segment (its writer died between create and rename) older than this
+# is litter.
+TMP_LITTER_S: Final = 60.0
 _ACK = struct.Struct(">Q")
 
 
@@ -86,59 +107,136 @@ class SpoolStats:
 
 @dataclass
 class _Segment:
-    path: Path
-    fd: int  # read/write fd, holding the flock
-    own: bool  # written by this process (else adopted from a dead writer)
-    acked: int = 0  # offset up to which the broker acknowledged
-    read: int = 0  # offset up to which records were read into the send queue
+    path: Path  # always the `.log` name while this process holds it
+    fd: int  # O_RDWR, holding the flock
+    own: bool  # this process appends to it (else adopted or replayed)
     size: int = 0
+    acked: int = 0  # offset up to which the broker `cluster` acknowledged
+    read: int = 0  # offset up to which records were read into `queue`
+    cluster: str | None = None
+    records: int = 0  # records in the segment (as far as known)
+    acked_records: int = 0
     closed: bool = False  # no more appends will come
-    first_pending_at: float | None = None
+    replayed: bool = False
+    synced: int = 0  # offset up to which it was fsynced
+    created: float = field(default_factory=time.monotonic)
+    pending_since: float | None = None
     queue: list[SpoolRecord] = field(default_factory=list)
 
     @property
-    def ack_path(self) -> Path:
-        return self.path.with_suffix(".ack")
+    def pending(self) -> bool:
+        return self.acked < self.size
 
-    def write_ack(self) -> None:
-        with open(self.ack_path, "wb") as f:
-            f.write(_ACK.pack(self.acked))
 
-    @staticmethod
-    def read_ack(path: Path) -> int:
-        try:
-            data = path.with_suffix(".ack").read_bytes()
-            return int(_ACK.unpack(data)[0]) if len(data) == _ACK.size else 0
-        except OSError:
-            return 0
+# ---------------------------------------------------------------- files and locks
+
+
+def _ack_path(seg_path: Path) -> Path:
+    return seg_path.with_suffix(".ack")
+
+
+def _write_ack(seg_path: Path, acked: int, cluster: str | None) -> None:
+    with open(_ack_path(seg_path), "wb") as f:
+        f.write(_ACK.pack(acked) + (cluster or "").encode())
+
+
+def _read_ack(seg_path: Path) -> tuple[int, str | None]:
+    """(acked offset, cluster id); a missing or damaged sidecar means nothing acked."""
+    try:
+        data = _ack_path(seg_path).read_bytes()
+    except OSError:
+        return 0, None
+    if len(data) < _ACK.size:
+        return 0, None
+    try:
+        cluster = data[_ACK.size :].decode() or None
+    except UnicodeDecodeError:
+        return 0, None
+    return int(_ACK.unpack_from(data)[0]), cluster
 
 
 def _try_lock(path: Path) -> int | None:
+    """An fd holding the exclusive flock on `path`, or None if another process has it.
+
+    The name is re-checked after locking: the holder may have renamed the file (to
+    `.sent`) and let go of it between our open and our flock.
+    """
     try:
         fd = os.open(path, os.O_RDWR)
     except OSError:
         return None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if os.stat(path).st_ino != os.fstat(fd).st_ino:
+            raise OSError("renamed while locking")
     except OSError:
         os.close(fd)
         return None
     return fd
 
 
+def _count_records(fd: int, start: int, end: int) -> tuple[int, int]:
+    """(records, corrupt stretches) in `fd` between two offsets, read in chunks."""
+    records = corrupt = 0
+    pos = start
+    while pos < end:
+        buf = os.pread(fd, min(end - pos, SEND_BATCH_BYTES), pos)
+        if not buf:
+            break
+        d = decode_records(buf, base=pos, final=pos + len(buf) >= end)
+        records += len(d.records)
+        corrupt += len(d.corrupt)
+        if d.consumed <= pos:
+            break
+        pos = d.consumed
+    return records, corrupt
+
+
+def _open_held(path: Path, own: bool, *, replayed: bool = False) -> _Segment | None:
+    """Lock a `.log` segment left by someone else and describe it, or None if held."""
+    fd = _try_lock(path)
+    if fd is None:
+        return None
+    size = os.fstat(fd).st_size
+    acked, cluster = _read_ack(path)
+    acked = min(acked, size)
+    total, _ = _count_records(fd, 0, size)
+    before, _ = _count_records(fd, 0, acked) if acked else (0, 0)
+    return _Segment(
+        path=path,
+        fd=fd,
+        own=own,
+        size=size,
+        acked=acked,
+        read=acked,
+        cluster=cluster,
+        records=total,
+        acked_records=before,
+        closed=True,
+        replayed=replayed,
+        synced=size,
+        pending_since=time.monotonic() if acked < size else None,
+    )
+
+
 class Spool:
-    """A spool directory `settings.spool_dir / name`, as writer and sender."""
+    """The spool directory `settings.spool_dir / name`, as writer and sender.
+
+    `writer=False` makes a sender only (the drainer): it adopts and sends what dead
+    writers left, and never appends.
+    """
 
     def __init__(self, settings: Settings, name: str, *, writer: bool = True) -> None:
         self.settings = settings
         self.name = name
         self.dir = settings.spool_dir / name
         self.writer = writer
-        self.stats = SpoolStats()
-        self._id = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self._seq = 0
+        # Writer ids sort by start time, so replay and adoption keep each key's order.
+        self._id = f"{time.time_ns() // 1_000_000:013d}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self._n = 0
         self._segments: list[_Segment] = []
         self._active: _Segment | None = None
+        self._stats = SpoolStats()
         self._wake = asyncio.Event()
         self._acked = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -146,93 +244,148 @@ class Spool:
         self._admin: AIOKafkaAdminClient | None = None
         self._cluster_id: str | None = None
         self._last_check = 0.0
-        self._full_since: int = 0  # refusals not yet reported as an event
-        self._stopping = False
+        self._unreported_refusals = 0
+        self._away_since: float | None = None
+        self._topics = [topic(settings, EVENTS_RAW), topic(settings, SESSION_FRAMES)]
 
     # ----------------------------------------------------------------- lifecycle
 
     async def start(self) -> None:
-        """Open the spool (recovering what a previous run left) and start sending."""
-        await asyncio.to_thread(self._open)
-        self._task = asyncio.create_task(self._run(), name=f"spool-{self.name}")
+        """Open the spool, take over what dead writers left, and start the sender.
 
-    def _open(self) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._adopt_orphans()
+        Returns at once: the sender connects in the background, appends never wait.
+        """
+        adopted = await asyncio.to_thread(self._open_dir)
+        self._segments.extend(adopted)
         if self.writer:
             self._rotate()
-        self._prune_retained()
+        self._sort()
+        self._task = asyncio.create_task(self._run(), name=f"spool-{self.name}")
 
     async def close(self, drain_timeout: float = 5.0) -> bool:
-        """Try to deliver what is pending for `drain_timeout` s, then stop.
+        """Deliver what is pending for up to `drain_timeout` s, then stop.
 
-        Returns whether everything was delivered; what wasn't stays on disk for the
-        next sender (this collector restarted, or `auditcast up`'s drainer).
+        Returns whether everything was delivered. What was not stays on disk for the
+        next sender (this collector restarted, or the drainer of `auditcast up`).
         """
-        delivered = await self.flush(drain_timeout) if drain_timeout > 0 else False
-        self._stopping = True
-        self._wake.set()
-        if self._task:
+        delivered = await self.flush(drain_timeout) if drain_timeout > 0 else not self.pending
+        if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
+            self._task = None
         await self._disconnect()
-        for seg in self._segments:
-            seg.closed = True
-            self._finish_if_done(seg)
-            with contextlib.suppress(OSError):
-                os.close(seg.fd)
-        self._segments.clear()
-        self._active = None
+        segments, self._segments, self._active = self._segments, [], None
+        await asyncio.to_thread(self._release, segments)
         return delivered
+
+    def _release(self, segments: list[_Segment]) -> None:
+        for seg in segments:
+            seg.closed = True
+            if self.settings.spool_fsync != "never" and seg.own and seg.synced < seg.size:
+                with contextlib.suppress(OSError):
+                    os.fsync(seg.fd)
+            self._finish_if_done(seg)
+            if seg.fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(seg.fd)
 
     # ----------------------------------------------------------------- appends
 
     def append(self, topic_name: str, key: bytes, value: bytes) -> None:
-        """Append one record for `topic_name` (unprefixed, e.g. EVENTS_RAW)."""
-        if not self.writer or self._active is None:
-            raise SpoolError(f"spool {self.name} is not open for writing")
-        rec = encode_record(topic(self.settings, topic_name), key, value)
-        if len(rec) > MAX_REQUEST_BYTES:
-            raise SpoolError(
-                f"record of {len(rec)} bytes for {topic_name} exceeds the "
-                f"{MAX_REQUEST_BYTES}-byte message limit"
-            )
-        pending = self.pending_bytes()
-        if pending + len(rec) > self.settings.spool_max_bytes:
-            self.stats.full_refusals += 1
-            self._full_since += 1
-            raise SpoolFull(
-                f"spool {self.dir} is full ({pending} bytes pending, cap "
-                f"{self.settings.spool_max_bytes}): the broker has not acknowledged for too long"
-            )
-        seg = self._active
-        if seg.size + len(rec) > SEGMENT_MAX_BYTES and seg.size > 0:
-            seg = self._rotate()
-        os.write(seg.fd, rec)
-        if self.settings.spool_fsync == "always":
-            os.fsync(seg.fd)
-        if seg.first_pending_at is None:
-            seg.first_pending_at = time.monotonic()
-        seg.size += len(rec)
-        self._wake.set()
+        """Append one record for `topic_name` (unprefixed, e.g. EVENTS_RAW).
+
+        Raises SpoolFull when `spool_max_bytes` are waiting for the broker, SpoolError
+        for a record Kafka would refuse or a failed disk write.
+        """
+        self._append(topic(self.settings, topic_name), key, value, check_cap=True)
 
     def append_event(self, event: Event) -> None:
         self.append(EVENTS_RAW, event.key, event.to_json())
 
     def append_frames(self, session_id: str, frames: Sequence[Frame]) -> None:
+        """One frame batch, one Kafka message on session.frames keyed by the session."""
         if frames:
             self.append(SESSION_FRAMES, session_id.encode(), encode_frames(frames))
+
+    def _append(self, full_topic: str, key: bytes, value: bytes, *, check_cap: bool) -> None:
+        seg = self._active
+        if seg is None:
+            raise SpoolError(f"spool {self.name} is not open for writing (call start() first)")
+        rec = encode_record(full_topic, key, value)
+        if len(rec) > MAX_REQUEST_BYTES:
+            raise SpoolError(
+                f"record of {len(rec)} bytes for {full_topic} exceeds the "
+                f"{MAX_REQUEST_BYTES}-byte Kafka message limit"
+            )
+        if check_cap:
+            pending = self.pending_bytes()
+            if pending + len(rec) > self.settings.spool_max_bytes:
+                self._refuse(pending, full_topic)
+        if seg.size > 0 and seg.size + len(rec) > SEGMENT_MAX_BYTES:
+            seg = self._rotate()
+        try:
+            written = os.write(seg.fd, rec)
+            if written != len(rec):
+                raise OSError(f"short write ({written} of {len(rec)} bytes)")
+            if self.settings.spool_fsync == "always":
+                os.fsync(seg.fd)
+                seg.synced = seg.size + len(rec)
+        except OSError as e:
+            with contextlib.suppress(OSError):  # never leave half a record behind
+                os.ftruncate(seg.fd, seg.size)
+            raise SpoolError(f"cannot write to spool {seg.path}: {e}") from None
+        seg.size += len(rec)
+        seg.records += 1
+        if seg.pending_since is None:
+            seg.pending_since = time.monotonic()
+        self._wake.set()
+
+    def _refuse(self, pending: int, full_topic: str) -> None:
+        self._stats.full_refusals += 1
+        self._unreported_refusals += 1
+        if self._unreported_refusals == 1:
+            log.error(
+                "spool full: refusing records until the broker takes some",
+                extra={"fields": {"spool": self.name, "pending_bytes": pending}},
+            )
+        raise SpoolFull(
+            f"spool {self.dir} is full: {pending} bytes wait for the broker "
+            f"(cap {self.settings.spool_max_bytes} bytes); a record for {full_topic} was refused"
+        )
+
+    # ----------------------------------------------------------------- state
 
     def pending_bytes(self) -> int:
         return sum(s.size - s.acked for s in self._segments)
 
+    @property
+    def pending(self) -> bool:
+        return any(s.pending for s in self._segments)
+
+    @property
+    def stats(self) -> SpoolStats:
+        """A snapshot: counters since start plus what is pending right now."""
+        now = time.monotonic()
+        firsts = [s.pending_since for s in self._segments if s.pending and s.pending_since]
+        return replace(
+            self._stats,
+            pending_bytes=self.pending_bytes(),
+            pending_records=sum(max(s.records - s.acked_records, 0) for s in self._segments),
+            oldest_pending_s=round(now - min(firsts), 3) if firsts else None,
+        )
+
     async def flush(self, timeout: float = 10.0) -> bool:
-        """Wait until everything appended so far is acknowledged by the broker."""
+        """Wait until everything appended so far is acknowledged by the current broker.
+
+        Also waits for what a replay (new broker) put back in line. False on timeout.
+        """
         targets = {id(s): s.size for s in self._segments}
         deadline = time.monotonic() + timeout
         while True:
-            if all(s.acked >= targets.get(id(s), 0) for s in self._segments):
+            if all(
+                s.acked >= targets.get(id(s), s.size if s.replayed else 0) for s in self._segments
+            ):
                 return True
             left = deadline - time.monotonic()
             if left <= 0:
@@ -240,157 +393,285 @@ class Spool:
             self._acked.clear()
             self._wake.set()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._acked.wait(), min(left, 0.5))
+                await asyncio.wait_for(self._acked.wait(), min(left, 0.25))
 
     # ----------------------------------------------------------------- segments
 
+    def _sort(self) -> None:
+        self._segments.sort(key=lambda s: s.path.name)
+
     def _rotate(self) -> _Segment:
+        """Start a new own segment. Created under a temporary name and renamed once
+        locked, so no sender can mistake it for a dead writer's."""
         if self._active is not None:
             self._active.closed = True
-        self._seq += 1
-        path = self.dir / f"seg-{self._id}-{self._seq:06d}.log"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+        self._n += 1
+        path = self.dir / f"seg-{self._id}-{self._n:06d}.log"
+        tmp = self.dir / f"tmp-{path.name}"
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_EXCL, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.rename(tmp, path)
         seg = _Segment(path=path, fd=fd, own=True)
         self._segments.append(seg)
         self._active = seg
         return seg
 
-    def _adopt_orphans(self) -> None:
-        """Take over segments whose writer is gone (their flock is free)."""
+    def _open_dir(self) -> list[_Segment]:
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        found = self._find_orphans()
+        self._prune_retained()
+        return found
+
+    def _find_orphans(self) -> list[_Segment]:
+        """Lock and describe pending segments whose writer is gone (flock free)."""
         known = {s.path for s in self._segments}
+        found: list[_Segment] = []
         for path in sorted(self.dir.glob("seg-*.log")):
             if path in known:
                 continue
-            fd = _try_lock(path)
-            if fd is None:
+            seg = _open_held(path, own=False)
+            if seg is None:
                 continue
-            acked = _Segment.read_ack(path)
-            size = os.fstat(fd).st_size
-            seg = _Segment(path=path, fd=fd, own=False, acked=acked, read=acked, size=size)
-            seg.closed = True
-            seg.first_pending_at = time.monotonic() if size > acked else None
-            self._segments.append(seg)
+            if seg.acked and self._cluster_id and seg.cluster != self._cluster_id:
+                self._reset(seg)  # acked by a broker that is gone
             log.info(
-                "adopted spool segment",
-                extra={"fields": {"segment": path.name, "pending_bytes": size - acked}},
+                "adopted spool segment of a writer that is gone",
+                extra={
+                    "fields": {
+                        "spool": self.name,
+                        "segment": path.name,
+                        "pending_bytes": seg.size - seg.acked,
+                    }
+                },
             )
-            if size <= acked:
-                self._finish_if_done(seg)
+            found.append(seg)
+        now = time.time()
+        for tmp in self.dir.glob("tmp-seg-*.log"):
+            with contextlib.suppress(OSError):
+                if now - tmp.stat().st_mtime > TMP_LITTER_S and (fd := _try_lock(tmp)) is not None:
+                    tmp.unlink()
+                    os.close(fd)
+        return found
 
-    def _finish_if_done(self, seg: _Segment) -> None:
-        """A closed, fully-acked segment becomes retained history (`*.sent`)."""
-        if not seg.closed or seg.acked < seg.size or not seg.path.exists():
-            return
-        if seg.size == 0:
-            seg.path.unlink(missing_ok=True)
-        else:
-            seg.path.rename(seg.path.with_suffix(".sent"))
-        seg.ack_path.unlink(missing_ok=True)
+    def _finish_if_done(self, seg: _Segment) -> bool:
+        """A closed, fully-acked segment becomes retained history (`.sent`)."""
+        if not seg.closed or seg.pending or seg.fd < 0:
+            return False
+        with contextlib.suppress(OSError):
+            if seg.size == 0:
+                seg.path.unlink()
+                _ack_path(seg.path).unlink(missing_ok=True)
+            else:
+                _write_ack(seg.path, seg.acked, seg.cluster)
+                sent = seg.path.with_suffix(".sent")
+                seg.path.rename(sent)
+                os.utime(sent)  # the retention window runs from the last acknowledgement
         with contextlib.suppress(OSError):
             os.close(seg.fd)
         seg.fd = -1
-        if seg in self._segments:
-            self._segments.remove(seg)
+        return True
 
     def _prune_retained(self) -> None:
-        """Drop retained history past the window or over the size cap (oldest first)."""
+        """Drop retained history past the window or over the size cap, oldest first."""
         now = time.time()
-        files = sorted(self.dir.glob("seg-*.sent"), key=lambda p: p.stat().st_mtime)
-        total = 0
-        keep: list[tuple[Path, int]] = []
-        for p in files:
-            st = p.stat()
-            if now - st.st_mtime > self.settings.spool_retention_seconds:
-                p.unlink(missing_ok=True)
-            else:
-                keep.append((p, st.st_size))
-                total += st.st_size
-        while keep and total > self.settings.spool_retention_max_bytes:
-            p, size = keep.pop(0)
-            p.unlink(missing_ok=True)
+        kept: list[tuple[float, Path, int]] = []
+        for p in self.dir.glob("seg-*.sent"):
+            with contextlib.suppress(OSError):
+                st = p.stat()
+                kept.append((st.st_mtime, p, st.st_size))
+        kept.sort()
+        total = sum(size for _, _, size in kept)
+        for mtime, p, size in kept:
+            expired = now - mtime > self.settings.spool_retention_seconds
+            if not expired and total <= self.settings.spool_retention_max_bytes:
+                break
+            fd = _try_lock(p)
+            if fd is None:  # another sender is replaying it right now
+                continue
+            with contextlib.suppress(OSError):
+                p.unlink()
+                _ack_path(p).unlink(missing_ok=True)
+            os.close(fd)
             total -= size
-        self.stats.retained_bytes = total
+        self._stats.retained_bytes = max(total, 0)
+
+    def _reset(self, seg: _Segment) -> None:
+        """Send the segment again from its start: its broker forgot it."""
+        self._stats.replayed_records += seg.acked_records
+        seg.acked = seg.read = seg.acked_records = 0
+        seg.queue.clear()
+        seg.replayed = True
+        seg.pending_since = time.monotonic()
+
+    def _collect_retained(self, cluster_id: str, force: bool) -> list[_Segment]:
+        """Put back in line the `.sent` segments another broker (or a lost topic) took."""
+        back: list[_Segment] = []
+        for sent in sorted(self.dir.glob("seg-*.sent")):
+            fd = _try_lock(sent)
+            if fd is None:
+                continue
+            _, cluster = _read_ack(sent)
+            if cluster == cluster_id and not force:
+                os.close(fd)
+                continue
+            live = sent.with_suffix(".log")
+            try:
+                sent.rename(live)  # pending again; back to `.sent` once acked
+            except OSError:
+                os.close(fd)
+                continue
+            size = os.fstat(fd).st_size
+            total, _ = _count_records(fd, 0, size)
+            _write_ack(live, 0, None)
+            back.append(
+                _Segment(
+                    path=live,
+                    fd=fd,
+                    own=False,
+                    size=size,
+                    records=total,
+                    closed=True,
+                    replayed=True,
+                    synced=size,
+                    pending_since=time.monotonic(),
+                )
+            )
+        return back
 
     # ----------------------------------------------------------------- sending
 
     async def _run(self) -> None:
         backoff = BACKOFF_MIN_S
-        last_scan = 0.0
-        while not self._stopping:
+        last_housekeeping = time.monotonic()
+        while True:
             try:
-                await self._ensure_connected()
-                if time.monotonic() - last_scan > IDLE_POLL_S:
-                    last_scan = time.monotonic()
-                    await asyncio.to_thread(self._housekeeping)
+                now = time.monotonic()
+                if now - last_housekeeping >= IDLE_POLL_S:
+                    last_housekeeping = now
+                    await self._housekeeping()
+                await self._sync()
+                await self._check_broker()
                 sent = await self._send_some()
+                if self._away_since is not None:
+                    log.info(
+                        "broker reachable again; draining the spool",
+                        extra={"fields": {"spool": self.name, "pending": self.pending_bytes()}},
+                    )
+                    self._away_since = None
                 backoff = BACKOFF_MIN_S
                 if sent:
                     self._acked.set()
                     continue
+                self._acked.set()  # nothing left: let flush() re-check now
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), IDLE_POLL_S)
             except asyncio.CancelledError:
                 raise
-            except Exception as e:  # broker gone, send failed: keep data, retry later
-                self.stats.connected = False
-                log.warning(
-                    "spool send failed; will retry",
+            except Exception as e:  # broker gone, send failed: keep the data, retry later
+                self._stats.connected = False
+                first = self._away_since is None
+                if first:
+                    self._away_since = time.monotonic()
+                log.log(
+                    logging.WARNING if first else logging.DEBUG,
+                    "spool cannot reach the broker; records stay on disk and are retried",
                     extra={"fields": {"spool": self.name, "error": str(e), "retry_s": backoff}},
                 )
                 await self._disconnect()
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX_S)
 
-    def _housekeeping(self) -> None:
-        self._adopt_orphans()
-        self._prune_retained()
+    async def _housekeeping(self) -> None:
+        seg = self._active
+        if seg is not None and seg.size > 0 and time.monotonic() - seg.created > SEGMENT_MAX_AGE_S:
+            self._rotate()
+        found = await asyncio.to_thread(self._find_orphans)
+        if found:
+            self._segments.extend(found)
+            self._sort()
+        await asyncio.to_thread(self._prune_retained)
+        for s in [s for s in self._segments if s.closed and not s.pending]:
+            if self._finish_if_done(s):
+                self._segments.remove(s)
 
-    async def _ensure_connected(self) -> None:
+    async def _sync(self) -> None:
+        """`batch` fsync policy: what was appended reaches the disk once per batch."""
+        if self.settings.spool_fsync != "batch":
+            return
+        dirty = [(s, s.size) for s in self._segments if s.own and s.fd >= 0 and s.synced < s.size]
+        if not dirty:
+            return
+
+        def sync() -> None:
+            for s, size in dirty:
+                with contextlib.suppress(OSError):
+                    os.fsync(s.fd)
+                    s.synced = max(s.synced, size)
+
+        await asyncio.to_thread(sync)
+
+    async def _check_broker(self) -> None:
+        """Connect, and notice a new broker (cluster id changed or topics gone)."""
         now = time.monotonic()
         if self._producer is not None and now - self._last_check < CLUSTER_CHECK_S:
             return
         bootstrap = resolve_bootstrap(self.settings)
         if self._admin is None:
-            self._admin = AIOKafkaAdminClient(
+            # One long-lived admin client: a check every CLUSTER_CHECK_S through a new
+            # connection each time (auditcast.kafka.cluster_info) would churn the broker.
+            admin = AIOKafkaAdminClient(
                 bootstrap_servers=bootstrap, request_timeout_ms=int(CONNECT_TIMEOUT_S * 1000)
             )
             try:
-                await asyncio.wait_for(self._admin.start(), CONNECT_TIMEOUT_S)
+                await asyncio.wait_for(admin.start(), CONNECT_TIMEOUT_S)
             except BaseException:
-                admin, self._admin = self._admin, None
                 await admin.close()
                 raise
+            self._admin = admin
         desc = await asyncio.wait_for(self._admin.describe_cluster(), CONNECT_TIMEOUT_S)
         cluster_id = str(desc["cluster_id"])
+        existing = set(await asyncio.wait_for(self._admin.list_topics(), CONNECT_TIMEOUT_S))
+        missing = [t for t in self._topics if t not in existing]
         self._last_check = now
-        if cluster_id != self._cluster_id:
-            first = self._cluster_id is None
-            await ensure_topics(self.settings, bootstrap)
-            if not first:
-                log.warning(
-                    "new broker detected; replaying the retention window",
-                    extra={"fields": {"old": self._cluster_id, "new": cluster_id}},
-                )
-                await asyncio.to_thread(self._replay_window)
-            self._cluster_id = cluster_id
-            self.stats.cluster_id = cluster_id
-            if self._producer is not None:
-                await self._producer.stop()
-                self._producer = None
-        if self._producer is None:
-            info = await fetch_cluster_info(bootstrap)
-            self._producer = AIOKafkaProducer(
-                **producer_config(self.settings, bootstrap, use_idempotence(self.settings, info))
-            )
-            try:
-                await asyncio.wait_for(self._producer.start(), CONNECT_TIMEOUT_S)
-            except BaseException:
+        if cluster_id != self._cluster_id or missing:
+            if missing:
+                await ensure_topics(self.settings, bootstrap)
+            await self._replay(cluster_id, force=bool(missing))
+            if self._producer is not None:  # a new broker: start from fresh metadata
                 producer, self._producer = self._producer, None
-                await producer.stop()
-                raise
-        self.stats.connected = True
+                with contextlib.suppress(Exception):
+                    await producer.stop()
+        if self._producer is None:
+            self._producer = await start_producer(self.settings, bootstrap)
+        self._stats.connected = True
+        self._stats.cluster_id = cluster_id
+
+    async def _replay(self, cluster_id: str, force: bool) -> None:
+        """Resend whatever a different broker (or a lost topic) acknowledged."""
+        old, self._cluster_id = self._cluster_id, cluster_id
+        stale = [s for s in self._segments if s.acked and (force or s.cluster != cluster_id)]
+        for seg in stale:
+            self._reset(seg)
+        back = await asyncio.to_thread(self._collect_retained, cluster_id, force)
+        self._segments.extend(back)
+        self._sort()
+        replayed = sum(s.records for s in back) + sum(s.records for s in stale)
+        self._stats.replayed_records += sum(s.records for s in back)
+        if stale or back or old is not None:
+            log.warning(
+                "new broker: replaying the retention window",
+                extra={
+                    "fields": {
+                        "spool": self.name,
+                        "old_cluster": old,
+                        "cluster": cluster_id,
+                        "topics_recreated": force,
+                        "segments": len(stale) + len(back),
+                        "records": replayed,
+                    }
+                },
+            )
 
     async def _disconnect(self) -> None:
         producer, self._producer = self._producer, None
@@ -402,141 +683,153 @@ class Spool:
             with contextlib.suppress(Exception):
                 await admin.close()
 
-    def _replay_window(self) -> None:
-        """Re-send what a broker that forgot everything had acknowledged."""
-        replayed = 0
-        for seg in self._segments:
-            replayed_bytes = seg.acked
-            seg.acked = seg.read = 0
-            seg.queue.clear()
-            if replayed_bytes:
-                seg.first_pending_at = time.monotonic()
-        for path in sorted(self.dir.glob("seg-*.sent")):
-            fd = _try_lock(path)
-            if fd is None:
-                continue
-            live = path.with_suffix(".log")
-            path.rename(live)  # back to pending; finishes as .sent again once acked
-            size = os.fstat(fd).st_size
-            seg = _Segment(path=live, fd=fd, own=False, size=size, closed=True)
-            seg.first_pending_at = time.monotonic()
-            self._segments.insert(0, seg)
-            replayed += 1
-        self.stats.replayed_records += replayed
-        log.info("replaying retained segments", extra={"fields": {"segments": replayed}})
-
     def _fill_queue(self, seg: _Segment) -> None:
-        if seg.read >= seg.size and not seg.closed:
-            seg.size = max(seg.size, os.fstat(seg.fd).st_size)
-        if seg.read >= seg.size:
+        """Read the next records of `seg` (worker thread)."""
+        size = seg.size  # appends land whole, so everything below `size` is complete
+        if seg.read >= size:
             return
-        if self.settings.spool_fsync == "batch":
-            os.fsync(seg.fd)
-        want = min(seg.size - seg.read, SEND_BATCH_BYTES)
-        buf = os.pread(seg.fd, want, seg.read)
-        final = seg.closed and not seg.own  # nobody will ever finish a torn tail
-        decoded = decode_records(
-            buf, base=seg.read, final=final and len(buf) == seg.size - seg.read
-        )
-        for offset, reason in decoded.corrupt:
-            self.stats.corrupt_records += 1
+        buf = os.pread(seg.fd, min(size - seg.read, SEND_BATCH_BYTES), seg.read)
+        decoded = decode_records(buf, base=seg.read, final=seg.read + len(buf) >= size)
+        for bad in decoded.corrupt:
+            self._stats.corrupt_records += 1
             log.error(
-                "corrupt spool record skipped",
-                extra={"fields": {"segment": seg.path.name, "offset": offset, "reason": reason}},
+                "corrupt spool bytes skipped",
+                extra={
+                    "fields": {
+                        "spool": self.name,
+                        "segment": seg.path.name,
+                        "offset": bad.offset,
+                        "length": bad.length,
+                        "reason": bad.reason,
+                    }
+                },
             )
         seg.queue.extend(decoded.records)
-        if not decoded.records and decoded.consumed > seg.read:
-            # only corrupt bytes: count them as handled
-            seg.acked = max(seg.acked, decoded.consumed)
-        elif not decoded.records and want == SEND_BATCH_BYTES:
-            raise SpoolError(f"spool record in {seg.path.name} larger than a send batch")
         seg.read = decoded.consumed
 
     async def _send_some(self) -> int:
-        """Send one batch from the oldest segment with pending data; return records sent."""
+        """Send one batch from the first segment with pending data; the records sent."""
         assert self._producer is not None
         for seg in list(self._segments):
-            if not seg.queue:
+            if not seg.queue and seg.read < seg.size:
                 await asyncio.to_thread(self._fill_queue, seg)
             if not seg.queue:
-                self._finish_if_done(seg)
+                if seg.acked < seg.read:  # only corrupt bytes were left
+                    seg.acked = seg.read
+                    await asyncio.to_thread(_write_ack, seg.path, seg.acked, self._cluster_id)
+                if self._finish_if_done(seg):
+                    self._segments.remove(seg)
                 continue
             batch = seg.queue[:SEND_BATCH_RECORDS]
-            futures = [await self._producer.send(r.topic, r.value, key=r.key) for r in batch]
-            await asyncio.gather(*futures)
+            producer = self._producer
+            futures = [await producer.send(r.topic, r.value, key=r.key) for r in batch]
+            await asyncio.wait_for(asyncio.gather(*futures), SEND_TIMEOUT_S)
             del seg.queue[: len(batch)]
             # With the queue empty, corrupt bytes after the last record are done too.
             seg.acked = batch[-1].end if seg.queue else seg.read
-            await asyncio.to_thread(seg.write_ack)
-            seg.first_pending_at = time.monotonic() if seg.acked < seg.size else None
-            self.stats.sent_records += len(batch)
-            self._finish_if_done(seg)
+            seg.acked_records += len(batch)
+            seg.cluster = self._cluster_id
+            await asyncio.to_thread(_write_ack, seg.path, seg.acked, seg.cluster)
+            seg.pending_since = time.monotonic() if seg.pending else None
+            self._stats.sent_records += len(batch)
+            if self._finish_if_done(seg):
+                self._segments.remove(seg)
             self._report_full()
             return len(batch)
         return 0
 
     def _report_full(self) -> None:
-        """Once the broker is back, say how many appends the full spool refused."""
-        if self._full_since and self.writer and self._active is not None:
-            refused, self._full_since = self._full_since, 0
-            with contextlib.suppress(SpoolError):
-                self.append_event(
-                    Event(
-                        type="collector.spool_full",
-                        spool=self.name,
-                        refused=refused,
-                        cap_bytes=self.settings.spool_max_bytes,
-                    )
-                )
+        """Once the broker takes records again, say how many the full spool refused."""
+        if not self._unreported_refusals or self._active is None:
+            return
+        event = Event.model_validate(
+            {
+                "type": "collector.spool_full",
+                "source": Source(collector=self.name, instance=self._id),
+                "spool": self.name,
+                "refused": self._unreported_refusals,
+                "cap_bytes": self.settings.spool_max_bytes,
+            }
+        )
+        try:
+            # Over the cap on purpose: the alert is small and must not be refused too.
+            self._append(
+                topic(self.settings, EVENTS_RAW), event.key, event.to_json(), check_cap=False
+            )
+        except SpoolError as e:
+            log.error("spool_full event not spooled: %s", e)
+            return
+        self._unreported_refusals = 0
 
-    def snapshot(self) -> SpoolStats:
-        self.stats.pending_bytes = self.pending_bytes()
-        self.stats.pending_records = sum(len(s.queue) for s in self._segments)
-        firsts = [s.first_pending_at for s in self._segments if s.first_pending_at]
-        self.stats.oldest_pending_s = time.monotonic() - min(firsts) if firsts else None
-        return self.stats
+
+# ---------------------------------------------------------------- drain and status
 
 
 def spool_status(settings: Settings) -> list[dict[str, Any]]:
-    """Pending and retained bytes per spool directory, read from disk (no broker)."""
-    rows = []
+    """Per spool directory, read from disk (no broker): what waits and what is kept.
+
+    `held_bytes` are pending bytes of segments a live process holds (it sends them
+    itself); the rest waits for a sender to adopt it.
+    """
+    rows: list[dict[str, Any]] = []
     base = settings.spool_dir
     if not base.is_dir():
         return rows
+    now = time.time()
     for d in sorted(p for p in base.iterdir() if p.is_dir()):
-        pending = 0
+        pending = records = held = retained = 0
         oldest: float | None = None
-        for seg in d.glob("seg-*.log"):
-            st = seg.stat()
-            left = st.st_size - _Segment.read_ack(seg)
-            if left > 0:
-                pending += left
+        for path in d.glob("seg-*.log"):
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except OSError:
+                continue
+            try:
+                st = os.fstat(fd)
+                acked = min(_read_ack(path)[0], st.st_size)
+                if st.st_size <= acked:
+                    continue
+                pending += st.st_size - acked
+                records += _count_records(fd, acked, st.st_size)[0]
                 oldest = st.st_mtime if oldest is None else min(oldest, st.st_mtime)
-        retained = sum(p.stat().st_size for p in d.glob("seg-*.sent"))
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                except OSError:
+                    held += st.st_size - acked
+            finally:
+                os.close(fd)
+        sent = list(d.glob("seg-*.sent"))
+        for p in sent:
+            with contextlib.suppress(OSError):
+                retained += p.stat().st_size
         rows.append(
             {
                 "spool": d.name,
+                "pending_records": records,
                 "pending_bytes": pending,
+                "held_bytes": held,
                 "retained_bytes": retained,
-                "oldest_pending_age_s": round(time.time() - oldest, 1) if oldest else None,
+                "retained_segments": len(sent),
+                "oldest_pending_age_s": round(now - oldest, 1) if oldest is not None else None,
             }
         )
     return rows
 
 
-async def drain_all(settings: Settings, *, follow: bool, idle_exit_s: float = 2.0) -> int:
+async def drain_all(settings: Settings, *, follow: bool, idle_exit_s: float = 10.0) -> int:
     """Send what every spool directory holds that no live writer owns.
 
-    With `follow`, keep watching (new directories, segments orphaned later) until
-    cancelled; without, return once nothing is pending (or the broker stays away for
-    `idle_exit_s` with nothing sent). Returns the records sent.
+    With `follow` (the `auditcast up` service), keep watching for new directories and
+    for segments orphaned later, until cancelled. Without, return once nothing adopted
+    is pending, or once nothing was sent for `idle_exit_s` (broker away). Returns the
+    records sent.
     """
     spools: dict[str, Spool] = {}
     try:
         while True:
             base = settings.spool_dir
             if base.is_dir():
-                for d in base.iterdir():
+                for d in sorted(base.iterdir()):
                     if d.is_dir() and d.name not in spools:
                         sp = Spool(settings, d.name, writer=False)
                         await sp.start()
@@ -552,7 +845,7 @@ async def drain_all(settings: Settings, *, follow: bool, idle_exit_s: float = 2.
 
 async def _until_drained_or_stuck(spools: list[Spool], stuck_after_s: float) -> None:
     last_sent, last_progress = -1, time.monotonic()
-    while any(s.pending_bytes() for s in spools):
+    while any(s.pending or not s.stats.connected for s in spools):
         sent = sum(s.stats.sent_records for s in spools)
         if sent != last_sent:
             last_sent, last_progress = sent, time.monotonic()
@@ -561,4 +854,12 @@ async def _until_drained_or_stuck(spools: list[Spool], stuck_after_s: float) -> 
         await asyncio.sleep(0.1)
 
 
-__all__ = ["BrokerUnavailable", "Spool", "SpoolFull", "SpoolStats", "drain_all", "spool_status"]
+__all__ = [
+    "BrokerUnavailable",
+    "Spool",
+    "SpoolError",
+    "SpoolFull",
+    "SpoolStats",
+    "drain_all",
+    "spool_status",
+]
