@@ -100,12 +100,12 @@ class SessionRecorder:
         return time.monotonic() - self._t0
 
     def output(self, data: bytes) -> None:
-        if data:
+        if data and not self.ended:
             self.bytes_out += len(data)
             self._add("o", data)
 
     def input(self, data: bytes) -> None:
-        if data:
+        if data and not self.ended:
             self.bytes_in += len(data)
             self._add("i", data)
 
