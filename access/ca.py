@@ -8,13 +8,15 @@
   the kube gateway, the audit webhook and the API. P-256 rather than Ed25519 because
   browsers do not accept Ed25519 TLS certificates.
 - `token_key.pem` (Ed25519): signs short-lived kube tokens and web session tokens (JWT
-  EdDSA). `rotate_token_key` keeps the previous public key trusted (`token_keys.old/`).
+  EdDSA). `rotate_token_key` keeps the previous public key trusted (`token_keys.old/`)
+  for TOKEN_KEY_GRACE; `public_jwk` publishes them (`GET /v1/auth/jwks`).
 
 Private keys are 0600 in a 0700 folder. Nothing here talks to the network.
 """
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import hashlib
 import ipaddress
@@ -49,6 +51,9 @@ SERVER_CERT_TTL: Final = dt.timedelta(days=30)
 TLS_CA_TTL: Final = dt.timedelta(days=3650)
 # Clock skew tolerated on certificates we issue.
 BACKDATE: Final = dt.timedelta(minutes=1)
+# A rotated-out token key stays trusted this long: longer than any token it signed can
+# live (roles.MAX_TTL caps max_session_ttl at 12 h), so rotation never cuts anyone off.
+TOKEN_KEY_GRACE: Final = dt.timedelta(hours=24)
 
 
 def ca_dir(settings: Settings) -> Path:
@@ -202,12 +207,18 @@ class CertificateAuthority:
     def token_kid(self) -> str:
         return key_id_of(self.token_key.public_key())
 
-    def token_public_keys(self) -> dict[str, ed25519.Ed25519PublicKey]:
-        """kid -> public key: the current key and those rotated out but still trusted."""
+    def token_public_keys(
+        self, *, grace: dt.timedelta = TOKEN_KEY_GRACE
+    ) -> dict[str, ed25519.Ed25519PublicKey]:
+        """kid -> public key: the current key first, then those rotated out less than
+        `grace` ago (the rotation time is the file's mtime)."""
         keys = {self.token_kid: self.token_key.public_key()}
         old = self.dir / "token_keys.old"
+        oldest = dt.datetime.now(dt.UTC).timestamp() - grace.total_seconds()
         if old.is_dir():
-            for p in old.glob("*.pub.pem"):
+            for p in sorted(old.glob("*.pub.pem"), key=lambda p: -p.stat().st_mtime):
+                if p.stat().st_mtime < oldest:
+                    continue
                 pub = serialization.load_pem_public_key(p.read_bytes())
                 if isinstance(pub, ed25519.Ed25519PublicKey):
                     keys[key_id_of(pub)] = pub
@@ -320,6 +331,13 @@ class CertificateAuthority:
         (self.dir / "token_key.pem").unlink()
         self.token_key = _token_key(self.dir)
         return self.token_kid
+
+
+def public_jwk(kid: str, key: ed25519.Ed25519PublicKey) -> dict[str, str]:
+    """An Ed25519 public key as an RFC 8037 JWK (what PyJWT's PyJWK reads)."""
+    raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    x = base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+    return {"kty": "OKP", "crv": "Ed25519", "x": x, "kid": kid, "alg": "EdDSA", "use": "sig"}
 
 
 def load_ca(settings: Settings) -> CertificateAuthority:

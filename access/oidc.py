@@ -26,9 +26,10 @@ from auditcast.errors import AccessError, ConfigError, InvalidToken
 # Asymmetric algorithms only: an HMAC "signature" keyed with a public key proves nothing.
 ALLOWED_ALGORITHMS: Final = ["RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA"]
 HTTP_TIMEOUT_S: Final = 10.0
-# Refetch the JWKS for an unknown kid at most this often (a flood of forged kids must not
-# become a flood of requests to the IdP).
-JWKS_MIN_REFRESH_S: Final = 30.0
+# Refetch the JWKS for an unknown kid at most this often: a flood of forged kids must not
+# become a flood of requests to the IdP, yet a real rotation is picked up within seconds
+# (the IdP publishes the new key before signing with it, so one refetch finds it).
+JWKS_MIN_REFRESH_S: Final = 5.0
 LEEWAY_S: Final = 30
 DEVICE_GRANT: Final = "urn:ietf:params:oauth:grant-type:device_code"
 
@@ -185,30 +186,54 @@ async def poll_device_flow(
 
 
 class IDTokenVerifier:
-    """Verifies ID tokens of one issuer for one client; JWKS cached, refetched on rotation."""
+    """Verifies ID tokens of one issuer for one client; JWKS cached, refetched on rotation.
 
-    def __init__(self, issuer: str, client_id: str, jwks_uri: str) -> None:
+    A token whose `kid` is not in the cached key set triggers one refetch (the IdP rotated
+    its keys), but at most every `min_refresh_s`: a flood of forged kids costs the IdP
+    one request per interval, and is refused from the cache in between.
+    """
+
+    def __init__(
+        self, issuer: str, client_id: str, jwks_uri: str,
+        *, min_refresh_s: float = JWKS_MIN_REFRESH_S,
+    ) -> None:  # fmt: skip
         self.issuer, self.client_id = issuer, client_id
+        self.min_refresh_s = min_refresh_s
         self._jwks = jwt.PyJWKClient(
-            jwks_uri, cache_keys=True, lifespan=3600, timeout=int(HTTP_TIMEOUT_S)
-        )
-        self._last_refresh = 0.0
+            jwks_uri, cache_keys=False, cache_jwk_set=True, lifespan=3600,
+            timeout=int(HTTP_TIMEOUT_S),
+        )  # fmt: skip
+        self._last_refresh = float("-inf")
+        self.refreshes = 0  # JWKS fetches so far (observable for tests and metrics)
 
-    def _key(self, kid: str | None) -> Any:
+    def _fetch(self, *, refresh: bool) -> list[jwt.PyJWK]:
         try:
-            return self._jwks.get_signing_key(kid).key if kid else self._only_key()
+            if refresh or not self._has_cached_set():
+                self._last_refresh = time.monotonic()
+                self.refreshes += 1
+                return self._jwks.get_signing_keys(refresh=True)
+            return self._jwks.get_signing_keys()
         except jwt.PyJWKClientError as e:
-            if "Unable to find a signing key" in str(e):
-                raise InvalidToken(
-                    "ID token was signed with a key the identity provider does not publish"
-                ) from None
             raise InvalidToken(f"cannot fetch the identity provider's keys: {e}") from None
 
-    def _only_key(self) -> Any:
-        keys = self._jwks.get_signing_keys()
-        if len(keys) != 1:
-            raise InvalidToken("ID token has no key id and the provider has several keys")
-        return keys[0].key
+    def _has_cached_set(self) -> bool:
+        cache = self._jwks.jwk_set_cache
+        return cache is not None and cache.get() is not None
+
+    def _key(self, kid: str | None) -> Any:
+        keys = self._fetch(refresh=False)
+        if kid is None:
+            if len(keys) != 1:
+                raise InvalidToken("ID token has no key id and the provider has several keys")
+            return keys[0].key
+        found = next((k for k in keys if k.key_id == kid), None)
+        if found is None and time.monotonic() - self._last_refresh >= self.min_refresh_s:
+            found = next((k for k in self._fetch(refresh=True) if k.key_id == kid), None)
+        if found is None:
+            raise InvalidToken(
+                "ID token was signed with a key the identity provider does not publish"
+            )
+        return found.key
 
     def verify(self, id_token: str, *, nonce: str | None = None) -> dict[str, Any]:
         """The token's claims, or InvalidToken saying precisely why not. Blocking (JWKS

@@ -145,3 +145,34 @@ def test_server_certificate_chains_to_the_tls_ca(settings) -> None:
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(str(cert), str(key))
     assert b"BEGIN CERTIFICATE" in cert.read_bytes()
+
+
+def test_rotated_out_key_is_distrusted_after_the_grace_period(settings, ca) -> None:
+    import os
+
+    from auditcast.access.ca import TOKEN_KEY_GRACE
+
+    old = kube_token(ca)
+    old_kid = ca.token_kid
+    ca.rotate_token_key()
+    rotated = ca.dir / "token_keys.old" / f"{old_kid}.pub.pem"
+    past = rotated.stat().st_mtime - TOKEN_KEY_GRACE.total_seconds() - 60
+    os.utime(rotated, (past, past))
+    fresh = CertificateAuthority.load_or_create(settings)
+    assert list(fresh.token_public_keys()) == [fresh.token_kid]
+    with pytest.raises(InvalidToken):
+        verify_token(fresh, old, audience="staging-1", kind="kube")
+
+
+def test_public_jwks_verify_tokens_like_the_ca_does(ca) -> None:
+    from auditcast.access.ca import public_jwk
+
+    old_kid = ca.token_kid
+    ca.rotate_token_key()
+    jwks = [public_jwk(kid, key) for kid, key in ca.token_public_keys().items()]
+    assert [k["kid"] for k in jwks] == [ca.token_kid, old_kid]  # current key first
+    token = kube_token(ca)
+    claims = jwt.decode(token, jwt.PyJWK(jwks[0]), algorithms=["EdDSA"], audience="staging-1")
+    assert claims["sub"] == "bob"
+    with pytest.raises(jwt.InvalidSignatureError):
+        jwt.decode(token, jwt.PyJWK(jwks[1]), algorithms=["EdDSA"], audience="staging-1")
