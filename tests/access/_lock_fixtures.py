@@ -10,21 +10,19 @@ or its stdin closes.
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import uvicorn
+import httpx
+import yaml
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from fastapi import FastAPI, Header, HTTPException
 
 from auditcast.access.locks import LockView
-from auditcast.broker import free_port
+from auditcast.broker import EmbeddedBroker, free_port
 from auditcast.settings import Settings
 from auditcast.topics import LOCKS, topic
 
@@ -123,62 +121,53 @@ class Watcher:
             self.proc.wait()
 
 
-# -- an API process for the lock, request and MFA routers ----------------------------
+# -- an `auditcast api` process with extra settings ----------------------------------
 
 
-@dataclass(frozen=True)
-class TestCaller:
-    user: str
-    roles: list[str]
+def start_access_api(broker: EmbeddedBroker, idp: Any, tmp_path: Path, **extra_env: str) -> Any:
+    """Like access core's `access_api` fixture (same server home layout, real
+    `auditcast api` process, the session's IdP), with extra AUDITCAST_* settings such as
+    the request webhook URL. Returns its `AccessAPI`; stop it with `stop_access_api`."""
+    # imported here: this file also runs as a script (the watcher), outside the tests package
+    from tests.access.conftest import CLUSTERS, NODES, AccessAPI
+    from tests.helpers.broker import isolated_settings, settings_env
+
+    s = isolated_settings(tmp_path / "server", broker.bootstrap)
+    (s.home_dir / "kube-clusters.yaml").write_text(yaml.safe_dump(CLUSTERS))
+    (s.home_dir / "nodes.yaml").write_text(yaml.safe_dump(NODES))
+    port = free_port()
+    env = {
+        **os.environ,
+        **settings_env(s),
+        "AUDITCAST_OIDC_ISSUER": idp.issuer,
+        "AUDITCAST_API_PORT": str(port),
+        **extra_env,
+    }
+    log = open(tmp_path / "api.log", "wb")
+    proc = subprocess.Popen([AUDITCAST, "api"], env=env, stdout=log, stderr=log)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(f"{url}/v1/health", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline or proc.poll() is not None:
+            proc.kill()
+            log.close()
+            raise AssertionError((tmp_path / "api.log").read_text()[-3000:])
+        time.sleep(0.1)
+    return AccessAPI(url, s, idp, tmp_path, proc)
 
 
-def bearer_test_identity(authorization: str = Header(default="")) -> TestCaller:
-    """Stand-in for access core's sign-in while it is not in the tree: the bearer token
-    `test-identity USER ROLE,ROLE` names the caller. Only tests install it."""
-    parts = authorization.removeprefix("Bearer ").split()
-    if len(parts) != 3 or parts[0] != "test-identity":
-        raise HTTPException(401, detail={"error": "not signed in", "hint": None})
-    return TestCaller(parts[1], [r for r in parts[2].split(",") if r])
-
-
-def access_app(settings: Settings, policies: Callable[[], Any] | None = None) -> FastAPI:
-    """The three routers under /v1, as replay/app.py mounts them."""
-    from auditcast.access import api_common, api_locks, api_mfa, api_requests
-
-    app = FastAPI()
-    app.state.settings = settings
-    if policies is not None:
-        app.state.role_policies = policies
-    for r in (api_locks.router, api_requests.router, api_mfa.router):
-        app.include_router(r, prefix="/v1")
-    # These routers' own tests name the caller directly; SSO sign-in has its own tests.
-    app.dependency_overrides[api_common.caller_dependency] = bearer_test_identity
-    return app
-
-
-class ApiServer:
-    """uvicorn serving an app on a free loopback port, in a thread with its own loop."""
-
-    def __init__(self, app: FastAPI) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
-        )
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def start(self, timeout: float = 20.0) -> ApiServer:
-        self.thread.start()
-        deadline = time.monotonic() + timeout
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the API did not start")
-            time.sleep(0.02)
-        return self
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(15)
+def stop_access_api(api: Any) -> None:
+    api.proc.terminate()
+    try:
+        api.proc.wait(10)
+    except subprocess.TimeoutExpired:
+        api.proc.kill()
+        api.proc.wait()
 
 
 def main() -> None:

@@ -1,10 +1,13 @@
-"""`auditcast mfa add` and `/v1/mfa/verify` end to end: real CLI, served API, broker."""
+"""`auditcast mfa add` and `/v1/mfa/verify` end to end: users signed in through the real
+OpenID provider, the real `auditcast api` process, the broker."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from typing import Any
 
 import httpx
 import orjson
@@ -17,32 +20,24 @@ from auditcast.access.cli_mfa import terminal_qr
 from auditcast.access.mfa import STEP_S, new_secret
 from auditcast.settings import Settings
 from auditcast.topics import EVENTS_RAW, topic
-from tests.access._lock_fixtures import AUDITCAST, ApiServer, access_app
+from tests.access._lock_fixtures import AUDITCAST
 
-pytestmark = pytest.mark.timeout(120)
-
-CAROL = "test-identity carol contractor"
+pytestmark = pytest.mark.timeout(180)
 
 
-@pytest.fixture
-def api(make_settings: Callable[..., Settings]) -> Iterator[tuple[ApiServer, Settings]]:
-    settings = make_settings()
-    server = ApiServer(access_app(settings)).start()
-    yield server, settings
-    server.stop()
-
-
-def mfa_cli(
-    api: tuple[ApiServer, Settings],
-    cli_env: Callable[[Settings], dict[str, str]],
-    *args: str,
-    stdin: str = "",
-) -> subprocess.CompletedProcess[str]:
-    server, settings = api
-    env = {**cli_env(settings), "AUDITCAST_API_URL": server.url, "AUDITCAST_TOKEN": CAROL}
+def mfa_cli(client: Any, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [AUDITCAST, "mfa", *args], env=env, input=stdin, capture_output=True, text=True, timeout=60
+        [AUDITCAST, "mfa", *args],
+        env=client.env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
+
+
+def session_token(client: Any) -> str:
+    return str(json.loads((client.home / "profile.json").read_text())["token"])
 
 
 async def events_of(settings: Settings) -> list[dict[str, object]]:
@@ -81,41 +76,38 @@ def test_terminal_qr_is_text_blocks() -> None:
     assert drawn == matrix or drawn == [[1 - m for m in row] for row in matrix]
 
 
-def test_mfa_add_shows_uri_and_qr_and_asks_for_the_first_code(
-    api: tuple[ApiServer, Settings], cli_env: Callable[[Settings], dict[str, str]]
+def test_mfa_add_shows_uri_and_qr_asks_a_code_and_a_wrong_one_enrols_nothing(
+    access_api: Any,
 ) -> None:
-    secret = new_secret()
-    # the code of the previous step: the current one stays fresh for a session
-    first = pyotp.TOTP(secret).at(time.time() - STEP_S)
-    res = mfa_cli(api, cli_env, "add", "--name", "phone", "--secret", secret, stdin=first + "\n")
-    assert res.returncode == 0, res.stderr
-    assert f"otpauth://totp/auditcast:carol?secret={secret}&issuer=auditcast" in res.stdout
-    assert "█" in res.stderr and "Code from the app:" in res.stderr
-    assert res.stdout.strip().endswith("MFA device phone enrolled for carol")
-    listed = mfa_cli(api, cli_env, "ls", "--json")
-    assert [d["name"] for d in orjson.loads(listed.stdout)] == ["phone"]
-
-
-def test_mfa_add_with_a_wrong_first_code_enrols_nothing(
-    api: tuple[ApiServer, Settings], cli_env: Callable[[Settings], dict[str, str]]
-) -> None:
+    bob = access_api.login("bob")
     secret = new_secret()
     now = time.time()
     valid = {pyotp.TOTP(secret).at(now + d * STEP_S) for d in (-2, -1, 0, 1, 2)}
     wrong = next(c for c in (f"{i:06d}" for i in range(100)) if c not in valid)
-    res = mfa_cli(api, cli_env, "add", "--secret", secret, "--code", wrong, "--no-qr")
+    res = mfa_cli(bob, "add", "--secret", secret, "--code", wrong, "--no-qr")
     assert res.returncode == 7
     assert "error: wrong MFA code" in res.stderr
-    assert mfa_cli(api, cli_env, "ls").stdout.strip().startswith("no MFA devices")
+    assert mfa_cli(bob, "ls").stdout.strip().startswith("no MFA devices")
+
+    # the code of the previous step: the current one stays fresh for a session
+    first = pyotp.TOTP(secret).at(time.time() - STEP_S)
+    res = mfa_cli(bob, "add", "--name", "phone", "--secret", secret, stdin=first + "\n")
+    assert res.returncode == 0, res.stderr
+    assert f"otpauth://totp/auditcast:bob?secret={secret}&issuer=auditcast" in res.stdout
+    assert "█" in res.stderr and "Code from the app:" in res.stderr
+    assert res.stdout.strip().endswith("MFA device phone enrolled for bob")
+    listed = mfa_cli(bob, "ls", "--json")
+    assert [d["name"] for d in orjson.loads(listed.stdout)] == ["phone"]
 
 
-async def test_session_code_verified_once_then_refused_and_wrong_code_audited(
-    api: tuple[ApiServer, Settings],
+async def test_session_code_verified_once_then_refused_and_failures_audited(
+    access_api: Any,
 ) -> None:
-    server, settings = api
+    bob = await asyncio.to_thread(access_api.login, "bob")
     secret = new_secret()
     async with httpx.AsyncClient(
-        base_url=f"{server.url}/v1", headers={"Authorization": f"Bearer {CAROL}"}
+        base_url=f"{access_api.url}/v1",
+        headers={"Authorization": f"Bearer {session_token(bob)}"},
     ) as client:
         first = pyotp.TOTP(secret).at(time.time() - STEP_S)
         r = await client.post(
@@ -130,11 +122,14 @@ async def test_session_code_verified_once_then_refused_and_wrong_code_audited(
         assert r.json()["detail"]["error"] == "this MFA code was already used"
         r = await client.post("/mfa/verify", json={"code": "12345"})
         assert r.status_code == 401 and "6 digits" in r.json()["detail"]["error"]
-    events = await events_of(settings)
-    kinds = [(e["type"], e.get("reason")) for e in events if e["type"] != "mfa.enrolled"]
-    assert kinds == [
-        ("mfa.verified", None),
-        ("auth.failed", "mfa: code already used"),
-        ("auth.failed", "mfa: an MFA code is 6 digits"),
+    events = [
+        e
+        for e in await events_of(access_api.settings)
+        if e["type"] in ("mfa.verified", "auth.failed", "mfa.enrolled")
     ]
-    assert all(e["user"] == "carol" for e in events)
+    assert [(e["type"], e.get("reason"), e["user"]) for e in events] == [
+        ("mfa.enrolled", None, "bob"),
+        ("mfa.verified", None, "bob"),
+        ("auth.failed", "mfa: code already used", "bob"),
+        ("auth.failed", "mfa: an MFA code is 6 digits", "bob"),
+    ]

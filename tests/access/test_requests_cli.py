@@ -1,25 +1,25 @@
-"""`auditcast request` end to end: the real CLI, the served API, the broker, a webhook."""
+"""`auditcast request` end to end: users signed in through the real OpenID provider, the
+real `auditcast api` process with a request webhook, the broker."""
 
 from __future__ import annotations
 
+import asyncio
 import json
-import subprocess
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from auditcast.settings import Settings
-from tests.access._lock_fixtures import AUDITCAST, ApiServer, access_app
+from auditcast.broker import EmbeddedBroker
+from auditcast.topics import EVENTS_RAW, topic
+from tests.access._lock_fixtures import start_access_api, stop_access_api
 
-pytestmark = pytest.mark.timeout(120)
-
-ADMIN = "test-identity alice admin"
-CAROL = "test-identity carol contractor"
-DAVE = "test-identity dave contractor"
+pytestmark = pytest.mark.timeout(180)
 
 
 class SlackHook(BaseHTTPRequestHandler):
@@ -27,6 +27,7 @@ class SlackHook(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
+        assert self.headers["Content-Type"] == "application/json"
         SlackHook.received.append(json.loads(body))
         self.send_response(200)
         self.end_headers()
@@ -38,7 +39,7 @@ class SlackHook(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def webhook() -> Iterator[tuple[str, list[dict[str, Any]]]]:
-    """A Slack incoming webhook stand-in on a free port (stdlib HTTP server, real HTTP)."""
+    """A Slack incoming-webhook stand-in: a real HTTP server on a free loopback port."""
     SlackHook.received = []
     server = ThreadingHTTPServer(("127.0.0.1", 0), SlackHook)
     t = threading.Thread(target=server.serve_forever, daemon=True)
@@ -50,84 +51,75 @@ def webhook() -> Iterator[tuple[str, list[dict[str, Any]]]]:
 
 @pytest.fixture
 def api(
-    make_settings: Callable[..., Settings], webhook: tuple[str, list[dict[str, Any]]]
-) -> Iterator[tuple[ApiServer, Settings]]:
-    settings = make_settings(request_webhook_url=webhook[0])
-    server = ApiServer(access_app(settings)).start()
-    yield server, settings
-    server.stop()
-
-
-def cli(
-    api: tuple[ApiServer, Settings],
-    cli_env: Callable[[Settings], dict[str, str]],
-    token: str,
-    *args: str,
-) -> subprocess.CompletedProcess[str]:
-    server, settings = api
-    env = {**cli_env(settings), "AUDITCAST_API_URL": server.url, "AUDITCAST_TOKEN": token}
-    return subprocess.run([AUDITCAST, *args], env=env, capture_output=True, text=True, timeout=60)
-
-
-def test_contractor_requests_devrole_admin_approves_with_notifications(
-    api: tuple[ApiServer, Settings],
-    cli_env: Callable[[Settings], dict[str, str]],
+    broker: EmbeddedBroker,
+    idp: Any,
+    tmp_path: Path,
     webhook: tuple[str, list[dict[str, Any]]],
-) -> None:
-    server, _ = api
-    made = cli(
-        api,
-        cli_env,
-        CAROL,
-        "request",
-        "create",
-        "--roles",
-        "devrole",
-        "--reason",
-        "fix staging",
-        "--json",
-    )
-    assert made.returncode == 0, made.stderr
-    req = orjson.loads(made.stdout)
-    assert (req["user"], req["roles"], req["state"]) == ("carol", ["devrole"], "pending")
-    link = f"{server.url}/requests/{req['id']}"
-    assert webhook[1][0]["text"].startswith("carol requested devrole: fix staging")
-    assert link in webhook[1][0]["text"]
+) -> Iterator[Any]:
+    api = start_access_api(broker, idp, tmp_path, AUDITCAST_REQUEST_WEBHOOK_URL=webhook[0])
+    yield api
+    stop_access_api(api)
 
-    # another contractor neither sees nor may approve it
-    assert orjson.loads(cli(api, cli_env, DAVE, "request", "ls", "--json").stdout) == []
-    denied = cli(api, cli_env, DAVE, "request", "review", req["id"], "--approve")
-    assert denied.returncode == 7
-    assert "may not review requests for devrole" in denied.stderr
-    # nor may the requester
-    own = cli(api, cli_env, CAROL, "request", "review", req["id"], "--approve")
+
+async def access_request_events(settings: Any) -> list[dict[str, Any]]:
+    c = AIOKafkaConsumer(bootstrap_servers=settings.kafka, group_id=None, enable_auto_commit=False)
+    await c.start()
+    try:
+        tp = TopicPartition(topic(settings, EVENTS_RAW), 0)
+        c.assign([tp])
+        await c.seek_to_beginning(tp)
+        end = (await c.end_offsets([tp]))[tp]
+        out = []
+        while await c.position(tp) < end:
+            for recs in (await c.getmany(timeout_ms=500)).values():
+                out.extend(orjson.loads(r.value) for r in recs)
+        return [e for e in out if e["type"].startswith("access_request.")]
+    finally:
+        await c.stop()
+
+
+def test_contractor_requests_devrole_only_a_reviewer_approves_and_slack_hears_it(
+    api: Any, webhook: tuple[str, list[dict[str, Any]]]
+) -> None:
+    carol = api.login("carol")  # contractors -> contractor (allow_request: devrole)
+    dave = api.login("dave")  # auditors -> auditor (may neither request nor review)
+    alice = api.login("alice")  # admins -> admin (review: *)
+
+    req = carol.json("request", "create", "--roles", "devrole", "--reason", "fix staging")
+    assert (req["user"], req["roles"], req["state"]) == ("carol", ["devrole"], "pending")
+    link = f"{api.url}/requests/{req['id']}"
+    created = webhook[1][0]
+    assert created["text"].startswith("carol requested devrole: fix staging")
+    assert link in created["text"]
+    assert created["blocks"][-1]["elements"][0]["url"] == link
+
+    assert dave.json("request", "ls") == []
+    denied = dave.run("request", "review", req["id"], "--approve", check=False)
+    assert denied.returncode == 7 and "may not review requests for devrole" in denied.stderr
+    own = carol.run("request", "review", req["id"], "--approve", check=False)
     assert own.returncode == 7 and "your own access request" in own.stderr
 
-    listed = cli(api, cli_env, ADMIN, "request", "ls")
-    assert req["id"] in listed.stdout and "pending" in listed.stdout
-    ok = cli(api, cli_env, ADMIN, "request", "review", req["id"], "--approve", "--reason", "go")
-    assert ok.returncode == 0, ok.stderr
+    listed = alice.run("request", "ls").stdout
+    assert req["id"] in listed and "pending" in listed
+    ok = alice.run("request", "review", req["id"], "--approve", "--reason", "go")
     assert ok.stdout.strip() == f"request {req['id']} approved"
     assert webhook[1][1]["text"].startswith("alice approved carol's request for devrole: go")
-
-    again = cli(api, cli_env, ADMIN, "request", "review", req["id"], "--deny")
+    again = alice.run("request", "review", req["id"], "--deny", check=False)
     assert again.returncode == 8 and "is approved, not pending" in again.stderr
-    mine = orjson.loads(cli(api, cli_env, CAROL, "request", "ls", "--json").stdout)
-    assert mine[0]["state"] == "approved" and mine[0]["reviewer"] == "alice"
+    [mine] = carol.json("request", "ls")
+    assert mine["state"] == "approved" and mine["reviewer"] == "alice"
+    assert mine["access_expires"] is not None
 
+    # what may not be asked for is refused with the reason
+    admin = carol.run("request", "create", "--roles", "admin", "--reason", "x", check=False)
+    assert admin.returncode == 7 and "may not request admin" in admin.stderr
+    nosuch = carol.run("request", "create", "--roles", "nosuch", "--reason", "x", check=False)
+    assert nosuch.returncode == 6 and "no role named nosuch" in nosuch.stderr
+    neither = alice.run("request", "review", req["id"], check=False)
+    assert neither.returncode == 2 and "say --approve or --deny" in neither.stderr
 
-def test_requesting_a_role_not_allowed_is_refused(
-    api: tuple[ApiServer, Settings], cli_env: Callable[[Settings], dict[str, str]]
-) -> None:
-    res = cli(api, cli_env, CAROL, "request", "create", "--roles", "admin", "--reason", "x")
-    assert res.returncode == 7
-    assert "may not request admin" in res.stderr
-    res = cli(api, cli_env, CAROL, "request", "create", "--roles", "nosuch", "--reason", "x")
-    assert res.returncode == 6 and "no role named nosuch" in res.stderr
-
-
-def test_review_needs_approve_or_deny(
-    api: tuple[ApiServer, Settings], cli_env: Callable[[Settings], dict[str, str]]
-) -> None:
-    res = cli(api, cli_env, ADMIN, "request", "review", "some-id")
-    assert res.returncode == 2 and "say --approve or --deny" in res.stderr
+    events = asyncio.run(access_request_events(api.settings))
+    assert [(e["type"], e["user"], e.get("state")) for e in events] == [
+        ("access_request.created", "carol", None),
+        ("access_request.reviewed", "alice", "approved"),
+    ]
