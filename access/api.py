@@ -31,9 +31,7 @@ def auth_service(app: FastAPI) -> AuthService:
             if authority is None:
                 return None
             now = datetime.now(UTC)
-            return next(
-                (lk for lk in await authority.active(now=now) if lk.matches(subject, now)), None
-            )
+            return authority.check(subject, now=now)  # in-memory index, not a table scan
 
         svc = AuthService(app_settings(app), app_publisher(app), lock_check)
         app.state.auth_service = svc
