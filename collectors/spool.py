@@ -42,6 +42,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
 
+import msgpack
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
@@ -307,6 +308,13 @@ class Spool:
         """One frame batch, one Kafka message on session.frames keyed by the session."""
         if frames:
             self.append(SESSION_FRAMES, session_id.encode(), encode_frames(frames))
+
+    def append_frame_records(self, session_id: str, records: Sequence[dict[str, Any]]) -> None:
+        """`append_frames` for records already in `Frame.to_record()` shape (the
+        recorder's hot path skips building models); the same bytes on the wire."""
+        if records:
+            value = msgpack.packb(records, use_bin_type=True)
+            self.append(SESSION_FRAMES, session_id.encode(), value)
 
     def _append(self, full_topic: str, key: bytes, value: bytes, *, check_cap: bool) -> None:
         seg = self._active

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from auditcast.collectors.session import FLUSH_BYTES, SessionRecorder
 from auditcast.collectors.spool import Spool
-from auditcast.events import Event, Frame, Source, decode_event, decode_frames
+from auditcast.events import Event, Frame, Source, decode_event, decode_frames, encode_frames
 from auditcast.settings import Settings
 from auditcast.topics import EVENTS_RAW, SESSION_FRAMES
 from tests.collectors.test_spool import read_topic
@@ -17,7 +17,10 @@ async def recorded(
     s: Settings, events: int, min_messages: int = 1
 ) -> tuple[list[Event], list[list[Frame]]]:
     evs = [decode_event(v) for v in await read_topic(s, EVENTS_RAW, events)]
-    messages = [decode_frames(v) for v in await read_topic(s, SESSION_FRAMES, min_messages, 3)]
+    raw = await read_topic(s, SESSION_FRAMES, min_messages, 3)
+    messages = [decode_frames(v) for v in raw]
+    # the recorder's fast path writes exactly what the kernel codec would
+    assert [encode_frames(m) for m in messages] == raw
     return evs, messages
 
 
