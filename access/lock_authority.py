@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from auditcast.access.access_db import connect
-from auditcast.access.lock_model import Lock, decode_lock
+from auditcast.access.lock_model import Lock, LockIndex, LockSubject, decode_lock
 from auditcast.access.publish import Publisher, audit_event
 from auditcast.errors import AuditcastError, BrokerUnavailable, NotFound
 from auditcast.events import Event, Source
@@ -84,6 +84,11 @@ class LockAuthority:
         self._db.execute(_SCHEMA)
         self._db.commit()
         self._db_lock = threading.Lock()
+        # The same locks in memory, for `check` on every API request; changed only on
+        # the event loop, after the row is written.
+        self._index = LockIndex()
+        for lock in self._rows():
+            self._index.put(lock)
         self._cluster_id: str | None = None
         self._needs_republish = True
         self._task: asyncio.Task[None] | None = None
@@ -118,6 +123,10 @@ class LockAuthority:
         now = now or datetime.now(UTC)
         locks = await asyncio.to_thread(self._rows)
         return sorted((lk for lk in locks if not lk.expired(now)), key=lambda lk: lk.created)
+
+    def check(self, subject: LockSubject, *, now: datetime | None = None) -> Lock | None:
+        """The lock in force on `subject`, from memory (the API's own sign-in checks)."""
+        return self._index.match(subject, now or datetime.now(UTC))
 
     def _insert(self, lock: Lock) -> bool:
         with self._db_lock:
@@ -156,6 +165,7 @@ class LockAuthority:
             raise ValueError("the lock would already be expired")
         if not await asyncio.to_thread(self._insert, lock):
             raise LockExists(f"a lock named {lock.name} already exists")
+        self._index.put(lock)
         log.info("lock created", extra={"fields": {"lock": lock.name, "by": lock.created_by}})
         try:
             await self.publisher.send(LOCKS, lock.name.encode(), lock.to_record())
@@ -170,6 +180,7 @@ class LockAuthority:
         lock = await asyncio.to_thread(self._delete, name)
         if lock is None:
             raise NotFound(f"no lock named {name}", hint="list the locks with `auditcast lock ls`")
+        self._index.remove(name)
         try:
             await self.publisher.send(LOCKS, name.encode(), None)
         except BrokerUnavailable as e:

@@ -74,6 +74,7 @@ async def test_lock_created_by_the_authority_is_seen_and_announced(settings: Set
         assert announced == lock
         assert heard == ["l1"]
         assert view.check(LockSubject.of(user="alice", cluster="staging-1")) == lock
+        assert authority.check(LockSubject.of(user="alice")) == lock  # the API's own check
         assert view.check(LockSubject.of(user="bob")) is None
         with pytest.raises(Locked, match="incident 7"):
             view.enforce(LockSubject.of(user="alice"))
@@ -94,9 +95,11 @@ async def test_removed_lock_is_tombstoned_and_leaves_the_view(settings: Settings
         subject = LockSubject.of(user="carol", roles=["devrole"])
         await wait_for(lambda: view.check(subject) is not None, 5, "the lock in the view")
         await authority.delete("by-role", by="admin")
+        assert authority.check(subject) is None
         await wait_for(lambda: view.check(subject) is None, 5, "the tombstone in the view")
         with pytest.raises(NotFound):
             await authority.delete("by-role", by="admin")
+        assert authority.check(subject) is None
     finally:
         await view.stop()
         await authority.stop()
