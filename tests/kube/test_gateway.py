@@ -335,3 +335,29 @@ def test_logs_follow_streams_lines_as_they_come(kube_env: KubeEnv) -> None:
             == ["end", "start"]
         )
     )
+
+
+def test_attach_is_proxied_and_recorded_as_a_stream(kube_env: KubeEnv) -> None:
+    import pexpect
+
+    env = kube_env.kubeconfig(kube_env.mint.mint("alice"))
+    sh = pexpect.spawn("kubectl", ["attach", "-it", "-n", "dev", "web-0"], env=env, timeout=20)
+    try:
+        sh.sendline("")
+        sh.expect_exact("web-0$ ")
+        sh.sendline("echo attached-$((40+2))")
+        sh.expect_exact("attached-42")
+        sh.sendline("exit")
+        sh.expect(pexpect.EOF)
+    finally:
+        sh.close(force=True)
+    assert wait_until(
+        lambda: (
+            sorted(
+                getattr(e, "phase", "")
+                for e in kube_env.sink.of_type("kube.request")
+                if getattr(e, "subresource", "") == "attach"
+            )
+            == ["end", "start"]
+        )
+    )

@@ -153,7 +153,15 @@ def _pod_json(pod: Pod, uid: str) -> dict[str, Any]:
             "labels": {"app": pod.name},
         },
         "spec": {
-            "containers": [{"name": pod.container, "image": "busybox:1.36", "command": ["sh"]}],
+            "containers": [
+                {
+                    "name": pod.container,
+                    "image": "busybox:1.36",
+                    "command": ["sh"],
+                    "stdin": True,
+                    "tty": True,
+                }
+            ],
             "nodeName": "node1",
         },
         "status": {
