@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field
 
 from auditcast.access.api_common import app_publisher, app_settings, http_error
 from auditcast.access.auth import AuthService
+from auditcast.access.ca import load_ca, public_jwk
 from auditcast.access.lock_model import Lock, LockSubject
 from auditcast.access.tokens import TokenClaims, verify_session_token
 from auditcast.errors import AuditcastError, InvalidToken, Locked
@@ -181,6 +182,15 @@ async def ssh_nodes(
     request: Request, caller: TokenClaims = Depends(current_user)
 ) -> list[dict[str, Any]]:
     return auth_service(request.app).visible_nodes(caller)
+
+
+@router.get("/auth/jwks")
+async def jwks(request: Request) -> dict[str, Any]:
+    """The public keys that sign auditcast tokens (RFC 8037 OKP JWKs), current key
+    first, rotated keys still in their grace period after it: for gateways that verify
+    kube tokens without access to `$AUDITCAST_HOME/ca`."""
+    ca = load_ca(app_settings(request.app))
+    return {"keys": [public_jwk(kid, key) for kid, key in ca.token_public_keys().items()]}
 
 
 @router.get("/auth/config")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 
 from auditcast import __version__
 from auditcast.errors import AuditcastError
@@ -28,6 +29,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return JSONResponse(
             status_code=exc.http_status, content={"error": exc.message, "hint": exc.hint or None}
         )
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        # Routers raise HTTPException(detail={"error", "hint"}) (access.api_common.http_error):
+        # lift those to the top level like AuditcastError; "detail" stays for older clients.
+        body: dict[str, object] = {"detail": exc.detail}
+        if isinstance(exc.detail, dict) and "error" in exc.detail:
+            body = {**exc.detail, "detail": exc.detail}
+        return JSONResponse(status_code=exc.status_code, content=body, headers=exc.headers)
 
     @app.get("/v1/health")
     async def health() -> dict[str, str]:

@@ -7,8 +7,15 @@ completes it over HTTP the way a browser would.
 - `access_api`: `auditcast api` on a free port with its own server home: example roles,
   three clusters (staging-1, staging-2: environment=staging; prod-1: production), two
   nodes, topics on the session broker.
-- `access_api.login(user, *extra_args)`: a fresh client home for that user, logged in
-  with `auditcast login --json`; returns a `Client` that runs CLI verbs as that user.
+- `access_api.login(user, *extra_args, device=False)`: a fresh client home for that
+  user, logged in with `auditcast login --json` (browser flow: the printed URL is
+  completed by `browser_sign_in`; `device=True`: `auditcast login --device`, completed by
+  `device_sign_in`); returns a `Client` that runs CLI verbs as that user
+  (`client.run(...)`, `client.json(...)`, `client.env` for kubectl/ssh, `client.home`,
+  `client.login_output`). `access_api.token(client)` is its auditcast session token for
+  direct REST calls (`Authorization: Bearer ...`).
+- `browser_sign_in(url, user, password)` / `device_sign_in(url, user, password)`: what
+  a person does in the browser, over HTTP with httpx.
 """
 
 from __future__ import annotations
@@ -52,6 +59,9 @@ NODES = {
     ]
 }
 URL_LINE = re.compile(r"^\s+(http://\S+/auth\?\S+)$")
+DEVICE_URL_LINE = re.compile(r"^\(or open (http://\S+)\)$")
+INPUT = re.compile(r"<input\b[^>]*>", re.S)
+ATTR = re.compile(r'(name|value)="([^"]*)"')
 
 
 @pytest.fixture(scope="session")
@@ -71,6 +81,29 @@ def browser_sign_in(url: str, user: str, password: str) -> httpx.Response:
         return browser.post(
             str(page.url.join(action.group(1))), data={"username": user, "password": password}
         )
+
+
+def device_sign_in(url: str, user: str, password: str) -> httpx.Response:
+    """The device flow in a browser: open the verification URL (code prefilled), submit
+    the code and confirm forms the IdP renders, then the login form."""
+    with httpx.Client(follow_redirects=True, timeout=20) as browser:
+        page = browser.get(url)
+        for _ in range(4):
+            action = re.search(r'<form[^>]*action="([^"]+)"', page.text)
+            assert page.status_code == 200 and action, page.text[:500]
+            if "/interaction/" in action.group(1):
+                return browser.post(
+                    str(page.url.join(action.group(1))),
+                    data={"username": user, "password": password},
+                )
+            form = page.text[action.start() : page.text.index("</form>", action.start())]
+            fields = {}
+            for tag in INPUT.findall(form):
+                attrs = dict(ATTR.findall(tag))
+                if "name" in attrs:
+                    fields[attrs["name"]] = attrs.get("value", "")
+            page = browser.post(str(page.url.join(action.group(1))), data=fields)
+        raise AssertionError(f"no login form in the device flow: {page.text[:500]}")
 
 
 @dataclass
@@ -112,31 +145,39 @@ class AccessAPI:
         return Client(user, home, env)
 
     def login(
-        self, user: str, *extra: str, password: str | None = None, client: Client | None = None
-    ) -> Client:
+        self, user: str, *extra: str, password: str | None = None, client: Client | None = None,
+        device: bool = False,
+    ) -> Client:  # fmt: skip
         c = client or self.client(user)
+        flow = ["--device"] if device else []
         proc = subprocess.Popen(
-            [AUDITCAST, "login", "--proxy", self.url, "--json", *extra],
+            [AUDITCAST, "login", "--proxy", self.url, "--json", *flow, *extra],
             env=c.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         assert proc.stderr is not None
         url = None
+        pattern = DEVICE_URL_LINE if device else URL_LINE
         deadline = time.monotonic() + 30
         while url is None and time.monotonic() < deadline:
             line = proc.stderr.readline()
             if not line:
                 break
-            m = URL_LINE.match(line.rstrip("\n"))
+            m = pattern.match(line.rstrip("\n"))
             url = m.group(1) if m else None
         assert url, f"login printed no URL: {proc.stderr.read() if proc.poll() is not None else ''}"
-        done = browser_sign_in(url, user, password or DEMO_USERS[user]["password"])
+        sign_in = device_sign_in if device else browser_sign_in
+        done = sign_in(url, user, password or DEMO_USERS[user]["password"])
         out, err = proc.communicate(timeout=60)
         assert proc.returncode == 0, (
             f"login failed: {err}\nbrowser saw {done.status_code}: {done.text[:300]}"
         )
-        assert "signed in" in done.text
+        assert ("Sign-in Success" if device else "signed in") in done.text, done.text[:300]
         c.login_output = json.loads(out)
         return c
+
+    def token(self, c: Client) -> str:
+        """The client's auditcast session token (for direct REST calls)."""
+        return str(json.loads((c.home / "profile.json").read_text())["token"])
 
 
 @pytest.fixture
