@@ -17,6 +17,8 @@ from auditcast.errors import (
     AuditcastError,
     BrokerUnavailable,
     LoginRequired,
+    MFAInvalid,
+    MFARequired,
     NotFound,
 )
 
@@ -96,5 +98,10 @@ def error_from_response(resp: httpx.Response) -> AuditcastError:
     elif isinstance(body, dict) and body.get("error"):
         message = str(body["error"])
         hint = body.get("hint") or None
+    if resp.status_code == 401 and "MFA" in message and "requires" not in message:
+        # no device, or a wrong, malformed or replayed code: say so, not "log in again"
+        # ("role requires a fresh MFA code" stays LoginRequired: the kube plugin prompts)
+        mfa_cls = MFARequired if "MFA device" in message else MFAInvalid
+        return mfa_cls(message, hint=hint)
     cls = _BY_STATUS.get(resp.status_code, AuditcastError)
     return cls(message, hint=hint)

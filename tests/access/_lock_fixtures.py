@@ -124,7 +124,14 @@ class Watcher:
 # -- an `auditcast api` process with extra settings ----------------------------------
 
 
-def start_access_api(broker: EmbeddedBroker, idp: Any, tmp_path: Path, **extra_env: str) -> Any:
+def start_access_api(
+    broker: EmbeddedBroker,
+    idp: Any,
+    tmp_path: Path,
+    *,
+    roles_yaml: str | None = None,
+    **extra_env: str,
+) -> Any:
     """Like access core's `access_api` fixture (same server home layout, real
     `auditcast api` process, the session's IdP), with extra AUDITCAST_* settings such as
     the request webhook URL. Returns its `AccessAPI`; stop it with `stop_access_api`."""
@@ -135,6 +142,8 @@ def start_access_api(broker: EmbeddedBroker, idp: Any, tmp_path: Path, **extra_e
     s = isolated_settings(tmp_path / "server", broker.bootstrap)
     (s.home_dir / "kube-clusters.yaml").write_text(yaml.safe_dump(CLUSTERS))
     (s.home_dir / "nodes.yaml").write_text(yaml.safe_dump(NODES))
+    if roles_yaml is not None:
+        (s.home_dir / "roles.yaml").write_text(roles_yaml)
     port = free_port()
     env = {
         **os.environ,
