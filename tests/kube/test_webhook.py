@@ -23,7 +23,7 @@ from auditcast.settings import Settings
 from auditcast.topics import ALERTS
 from tests.kube.conftest import CollectingSink, KubeEnv, running_kube_env, wait_until
 from tests.kube.test_gateway import kubectl
-from tests.kubeapi import ADMIN_TOKEN, GATEWAY_USER
+from tests.kubeapi import ADMIN_TOKEN, GATEWAY_TOKEN, GATEWAY_USER
 from tests.kubeapi.pki import TestCA
 
 
@@ -77,7 +77,11 @@ def audited(
     tls.load_cert_chain(crt, key)
     sink = AlertingSink()
     hook = AuditWebhook(
-        sink, {GATEWAY_USER}, known_ids=RecentIds(), cluster_labels={"dev-cluster": {"env": "dev"}}
+        sink,
+        {GATEWAY_USER},
+        known_ids=RecentIds(),
+        cluster_labels={"dev-cluster": {"env": "dev"}},
+        grace=5.0,  # how long a request as the gateway may wait for its kube.request
     )
     with WebhookThread(hook, tls, settings) as thread:
         url = f"https://127.0.0.1:{hook.port}/audit/dev-cluster"
@@ -164,3 +168,30 @@ def test_malformed_event_list_is_rejected_with_400(
     assert r.status_code == 400 and "expected kind EventList" in r.json()["error"]
     assert thread.hook.counts["rejected"] == 1
     assert not sink.of_type("kube.audit")
+
+
+def test_stolen_gateway_credentials_are_flagged_when_no_gateway_request_matches(
+    audited: tuple[KubeEnv, WebhookThread, AlertingSink],
+) -> None:
+    env, _, sink = audited
+    # someone with the gateway's own token calls the cluster directly, impersonating alice
+    ctx = ssl.create_default_context(cafile=str(env.upstream.ca_path))
+    with httpx.Client(verify=ctx, timeout=10) as http:
+        r = http.get(
+            f"{env.upstream.url}/api/v1/namespaces/dev/pods",
+            headers={
+                "Authorization": f"Bearer {GATEWAY_TOKEN}",
+                "Impersonate-User": "alice",
+                "Impersonate-Group": "devs",
+            },
+        )
+    assert r.status_code == 200
+
+    def flagged() -> list[Event]:
+        return [e for e in sink.of_type("audit.unattributed") if getattr(e, "resource", "")]
+
+    assert wait_until(lambda: bool(flagged()), timeout=10)
+    [alert] = flagged()
+    assert alert.user == "alice"  # the impersonated user, as the cluster saw it
+    assert "matches no gateway request" in alert.reason  # type: ignore[attr-defined]
+    assert alert.kube_user == GATEWAY_USER  # type: ignore[attr-defined]
