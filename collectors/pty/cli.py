@@ -64,7 +64,7 @@ def summary_line(result: RecResult) -> str:
     return f"session {result.session_id} recorded ({describe_exit(result.exit_code)})"
 
 
-def undelivered_notice(result: RecResult) -> str:
+def undelivered_notice() -> str:
     return (
         "notice: the broker is unreachable; the session is kept in the spool and is "
         "delivered when the pipeline is back (`auditcast up`)"
@@ -208,7 +208,7 @@ def rec(
     else:
         click.echo(summary_line(result), err=True)
     if not result.delivered:
-        click.echo(undelivered_notice(result), err=True)
+        click.echo(undelivered_notice(), err=True)
     sys.stdout.flush()
     # sys.exit, not ctx.exit: the root runs click with standalone_mode=False, which
     # turns ctx.exit's code into a return value that nobody reads.

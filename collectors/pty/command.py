@@ -67,11 +67,6 @@ def describe_exit(exit_code: int) -> str:
     return f"exit code {exit_code}"
 
 
-def resize_data(cols: int, rows: int) -> bytes:
-    """The payload of an asciicast `r` frame: `COLSxROWS`."""
-    return f"{cols}x{rows}".encode()
-
-
 def child_env(env: Mapping[str, str], session_id: str | None) -> dict[str, str]:
     """The recorded command's environment: ours, plus markers that it is being recorded.
 

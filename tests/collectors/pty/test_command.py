@@ -10,7 +10,6 @@ from auditcast.collectors.pty.command import (
     child_env,
     describe_exit,
     exit_code_from_returncode,
-    resize_data,
     resolve_command,
 )
 
@@ -58,10 +57,6 @@ def test_exit_description_names_the_signal() -> None:
     assert describe_exit(130) == "exit code 130 (SIGINT)"
     assert describe_exit(128) == "exit code 128"
     assert describe_exit(128 + 200) == "exit code 328"
-
-
-def test_resize_frame_payload_is_cols_x_rows() -> None:
-    assert resize_data(100, 30) == b"100x30"
 
 
 def test_recorded_command_knows_it_is_recorded_and_under_which_session() -> None:
