@@ -135,7 +135,8 @@ class AuthService:
         )  # fmt: skip
         await self._publish(
             claims, "session",
-            Event(type="user.login", user=user, credential_id=claims.jti, identity=identity_of(claims),
+            Event(type="user.login", user=user, credential_id=claims.jti,
+                  identity=identity_of(claims),
                   source=Source(collector="api", remote_addr=remote_addr),
                   expires=format_time(claims.expires), access_requests=request_ids),
         )  # fmt: skip
@@ -229,8 +230,9 @@ class AuthService:
         await self._publish(
             claims, "ssh-cert",
             Event(type="cert.issued", user=session.sub, credential_id=claims.jti,
-                  identity=identity_of(claims), source=Source(collector="api", remote_addr=remote_addr),
-                  kind="ssh-cert", principals=list(access.logins),
+                  identity=identity_of(claims),
+                  source=Source(collector="api", remote_addr=remote_addr), kind="ssh-cert",
+                  principals=list(access.logins),
                   expires=format_time(claims.expires), mfa=mfa, session_credential=session.jti),
         )  # fmt: skip
         return cert, claims

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import shutil
 import subprocess
 import sys
 import webbrowser
@@ -24,7 +25,13 @@ from auditcast.access.oidc import (
     poll_device_flow,
     start_device_flow,
 )
-from auditcast.access.profile import Profile, save_profile, ssh_dir, write_private
+from auditcast.access.profile import (
+    Profile,
+    kube_cache_dir,
+    save_profile,
+    ssh_dir,
+    write_private,
+)
 from auditcast.errors import AccessError, AuditcastError
 from auditcast.settings import Settings
 
@@ -139,8 +146,10 @@ async def login(
     base = api_base(settings, proxy)
     cfg = await _api("GET", f"{base}/v1/auth/config")
     if not cfg.get("issuer"):
-        raise AuditcastError("the auditcast API has no identity provider configured",
-                             hint="set AUDITCAST_OIDC_ISSUER where `auditcast api` runs")  # fmt: skip
+        raise AuditcastError(
+            "the auditcast API has no identity provider configured",
+            hint="set AUDITCAST_OIDC_ISSUER where `auditcast api` runs",
+        )
     id_token, nonce = await (device_login(cfg) if device else browser_login(settings, cfg))
     session = await _api(
         "POST", f"{base}/v1/auth/login",
@@ -156,6 +165,8 @@ async def login(
         access_requests=session.get("access_requests", []), clusters=[c["name"] for c in clusters],
     )  # fmt: skip
     save_profile(settings, profile)
+    # tokens cached by the exec plugin carry the previous sign-in's roles
+    shutil.rmtree(kube_cache_dir(settings), ignore_errors=True)
     d = ssh_dir(settings)
     write_private(d / "known_hosts", session["known_hosts"] + "\n")
     if profile.logins and not profile.require_session_mfa:

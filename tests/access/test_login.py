@@ -141,7 +141,12 @@ def test_kubeconfig_login_keeps_other_entries(access_api) -> None:
     }
     (bob.home / "kubeconfig").write_text(yaml.safe_dump(other))
     access_api.login("bob", client=bob)
+    plugin = ["kube", "credentials", "--cluster", "staging-1"]
+    first = json.loads(bob.run(*plugin).stdout)["status"]["token"]
+    assert json.loads(bob.run(*plugin).stdout)["status"]["token"] == first  # from the cache
     access_api.login("bob", client=bob)  # logging in again replaces only our own entries
+    # ... and drops the cached tokens, which carry the previous sign-in's roles
+    assert json.loads(bob.run(*plugin).stdout)["status"]["token"] != first
     doc = yaml.safe_load((bob.home / "kubeconfig").read_text())
     names = [c["name"] for c in doc["contexts"]]
     assert names == ["mine", "auditcast-staging-1", "auditcast-staging-2"]
