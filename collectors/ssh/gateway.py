@@ -482,8 +482,9 @@ class _ClientConnection(asyncssh.SSHServer):
             Event(type=type_, source=self.gw.source(self.remote_addr), **base, **fields)
         )
 
-    async def upstream(self) -> asyncssh.SSHClientConnection:
-        """The connection to the node, opened once per user connection."""
+    async def upstream(self, agent_path: str | None = None) -> asyncssh.SSHClientConnection:
+        """The connection to the node, opened once per user connection; `agent_path`
+        (the user's forwarded agent, when the role allows it) is offered to the node."""
         assert self.target is not None
         async with self._upstream_lock:
             if self._upstream is None:
@@ -499,7 +500,9 @@ class _ClientConnection(asyncssh.SSHServer):
                         username=t.login,
                         client_keys=[(key, cert)],
                         known_hosts=asyncssh.import_known_hosts(known) if known else None,
-                        agent_path=None,
+                        agent_path=None,  # the gateway authenticates with its own cert
+                        # a path: forward the node's agent requests to that socket
+                        agent_forwarding=agent_path or False,
                         encoding=None,
                         preferred_auth=["publickey"],
                         encryption_algs=list(CIPHERS),
@@ -703,7 +706,7 @@ class _RelaySession(asyncssh.SSHServerSession[bytes]):
             },
         )
         try:
-            conn = await self.owner.upstream()
+            conn = await self.owner.upstream(agent if agent_allowed else None)
             kwargs: dict[str, Any] = {"env": chan.get_environment() or {}, "encoding": None}
             if self.term_type:
                 kwargs.update(
@@ -715,11 +718,9 @@ class _RelaySession(asyncssh.SSHServerSession[bytes]):
                 kwargs["command"] = self.command
             elif self.mode == "subsystem":
                 kwargs["subsystem"] = self.subsystem
-            if agent_allowed:
-                kwargs["agent_forwarding"] = True
             up, _ = await conn.create_session(lambda: _UpstreamSession(self), **kwargs)
-        except (OSError, asyncssh.Error, TimeoutError) as e:
-            msg = f"auditcast: cannot reach node {t.node.name}: {e}\r\n"
+        except Exception as e:  # any failure must end the user's session, not hang it
+            msg = f"auditcast: cannot reach node {t.node.name}: {e or type(e).__name__}\r\n"
             log.warning(
                 "cannot reach node %s: %s",
                 t.node.name,

@@ -47,6 +47,11 @@ ROLES: dict[str, dict[str, Any]] = {
         "node_labels": {"*": ["*"]},
         "node_labels_deny": {"team": ["db"]},
     },
+    "agent": {
+        "logins": ["root"],
+        "node_labels": {"env": ["staging"]},
+        "allow_agent_forwarding": True,
+    },
     "secure": {
         "logins": ["root"],
         "node_labels": {"*": ["*"]},

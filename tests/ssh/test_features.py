@@ -173,8 +173,13 @@ def test_session_mfa_role_without_a_code_is_refused(
     assert extra(ev, "reason") == "mfa_required" and ev.user == "frank"
 
 
-def test_agent_forwarding_is_refused_without_the_role_flag_and_recorded(
-    ssh_gateway: RunningGateway, issue_cert: Callable[..., UserCert], tmp_path: Path
+@pytest.mark.parametrize(("role", "allowed"), [("dev", False), ("agent", True)])
+def test_agent_forwarding_follows_the_role_flag_and_every_try_is_recorded(
+    ssh_gateway: RunningGateway,
+    issue_cert: Callable[..., UserCert],
+    tmp_path: Path,
+    role: str,
+    allowed: bool,
 ) -> None:
     sock = tmp_path / "agent.sock"
     agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL)
@@ -183,8 +188,13 @@ def test_agent_forwarding_is_refused_without_the_role_flag_and_recorded(
             if sock.exists():
                 break
             time.sleep(0.02)
-        cert = issue_cert("gina", roles=("dev",))
-        argv = ssh_gateway.ssh_argv(cert, "root@node1", "echo sock=${SSH_AUTH_SOCK:-none}")
+        marker = tmp_path / "agent_key"
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "agent-key-marker",
+                        "-f", str(marker)], check=True)  # fmt: skip
+        subprocess.run(["ssh-add", "-q", str(marker)], check=True,
+                       env={**os.environ, "SSH_AUTH_SOCK": str(sock)})  # fmt: skip
+        cert = issue_cert("gina", roles=(role,))
+        argv = ssh_gateway.ssh_argv(cert, "root@node1", "ssh-add -l || echo no-agent")
         r = subprocess.run(
             [argv[0], "-A", *argv[1:]],
             capture_output=True,
@@ -195,6 +205,8 @@ def test_agent_forwarding_is_refused_without_the_role_flag_and_recorded(
         agent.terminate()
         agent.wait(5)
     assert r.returncode == 0, r.stderr
-    assert r.stdout == b"sock=none\n"  # the node never got an agent
+    # With the flag the node can use the user's agent; without it, it has none.
+    assert (b"agent-key-marker" in r.stdout) is allowed, r.stdout
+    assert (b"no-agent" in r.stdout) is not allowed
     (ev,) = events_of(ssh_gateway, "ssh.agent_forward")
-    assert extra(ev, "allowed") is False and ev.user == "gina" and ev.node == "node1"
+    assert extra(ev, "allowed") is allowed and ev.user == "gina" and ev.node == "node1"
