@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from auditcast.access.ca import CertificateAuthority, issue_server_cert
+from auditcast.access.ca import BACKDATE, CertificateAuthority, issue_server_cert
 from auditcast.access.tokens import issue_token, verify_kube_token, verify_token
 from auditcast.errors import InvalidToken
 from auditcast.settings import Settings
@@ -134,6 +135,11 @@ def test_user_certificate_is_readable_by_ssh_keygen(ca, tmp_path: Path) -> None:
         text=True,
     ).stdout
     assert "user certificate" in out and 'Key ID: "bob"' in out
+    valid = re.search(r"Valid: from (\S+) to (\S+)", out)
+    assert valid, out
+    start, end = (dt.datetime.fromisoformat(v) for v in valid.groups())  # local time, naive
+    assert end - start == dt.timedelta(hours=1) + BACKDATE  # backdated for clock skew
+    assert abs(end - (dt.datetime.now() + dt.timedelta(hours=1))) < dt.timedelta(minutes=1)
     assert "dev" in out.split("Principals:")[1].split("Critical")[0]
     assert "auditcast-credential@auditcast" in out and "permit-pty" in out
 

@@ -123,6 +123,12 @@ def test_developer_gets_kube_token_via_kubectl_exec_plugin_and_ssh_certificate(a
     kinds = {d["kind"] for d in docs if d["identity"]["user"] == "bob"}
     assert kinds >= {"session", "kube-token", "ssh-cert"}
     assert all(d["identity"]["sso_issuer"] == access_api.idp.issuer for d in docs)
+    kube_rec = next(d for d in docs if d["kind"] == "kube-token")
+    assert kube_rec["credential_id"] == claims["jti"]  # the token's jti is the record's key
+    assert kube_rec["identity"]["roles"] == ["devrole"]
+    assert kube_rec["identity"]["groups"] == ["developers"]
+    assert kube_rec["identity"]["email"] == "bob@example.com"
+    assert kube_rec["expires"].startswith(time.strftime("%Y-%m-%dT", time.gmtime(claims["exp"])))
     events = asyncio.run(read_topic(s, EVENTS_RAW, lambda got: len(got) >= 3))
     types = [decode_event(m.value).type for m in events]
     assert "user.login" in types and types.count("cert.issued") >= 2
