@@ -79,7 +79,7 @@ class ServiceSpec:
 # one line here; a verb not registered yet shows as "not available".
 SERVICES: Final[tuple[ServiceSpec, ...]] = (
     ServiceSpec("worker", ("worker",), ready_file="worker.ready", restart_on_new_broker=True),
-    ServiceSpec("store", ("store",), restart_on_new_broker=True),
+    ServiceSpec("store", ("store",), ready_file="store.ready", restart_on_new_broker=True),
     ServiceSpec("spool", ("spool", "drain", "--follow")),
     ServiceSpec("api", ("api",), port=lambda s: s.api_port),
     ServiceSpec("kube-gateway", ("kube-gateway",), port=lambda s: s.kube_port),

@@ -35,8 +35,11 @@ def pipeline(up: Up) -> Up:
     missing = [v for v in NEEDED_VERBS if v not in COMMANDS]
     if missing:
         pytest.skip(f"verbs not built yet: {', '.join(missing)}")
-    for name in ("store", "spool"):
-        assert up.service(name)["state"] == "ready", up.status()
+    # A previous test may have restarted the broker: the store rejoins after it.
+    deadline = time.monotonic() + 90
+    while not all(up.service(n)["state"] == "ready" for n in ("worker", "store", "spool")):
+        assert time.monotonic() < deadline, up.status()
+        time.sleep(0.3)
     return up
 
 
