@@ -54,6 +54,9 @@ BACKDATE: Final = dt.timedelta(minutes=1)
 # A rotated-out token key stays trusted this long: longer than any token it signed can
 # live (roles.MAX_TTL caps max_session_ttl at 12 h), so rotation never cuts anyone off.
 TOKEN_KEY_GRACE: Final = dt.timedelta(hours=24)
+# Same reasoning for the SSH CAs: user certificates live at most MAX_TTL.
+SSH_CA_GRACE: Final = dt.timedelta(hours=24)
+SSH_CA_NAMES: Final = ("user_ca", "host_ca")
 
 
 def ca_dir(settings: Settings) -> Path:
@@ -70,27 +73,55 @@ def _write_private(path: Path, data: bytes) -> None:
     tmp.replace(path)
 
 
-def _ssh_ca(d: Path, name: str) -> ed25519.Ed25519PrivateKey:
+def _ssh_ca(d: Path, name: str, *, new: bool = False) -> ed25519.Ed25519PrivateKey:
+    """The SSH CA key `name` (created if missing, or replaced when `new`), with its
+    trusted public keys published to `{name}.pub`."""
     path = d / name
-    if path.exists():
+    if path.exists() and not new:
         key = serialization.load_ssh_private_key(path.read_bytes(), password=None)
         if not isinstance(key, ed25519.Ed25519PrivateKey):
             raise ConfigError(f"{path} is not an Ed25519 key")
-        return key
-    key = ed25519.Ed25519PrivateKey.generate()
-    _write_private(
-        path,
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.OpenSSH,
-            serialization.NoEncryption(),
-        ),
-    )
+    else:
+        key = ed25519.Ed25519PrivateKey.generate()
+        _write_private(
+            path,
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.OpenSSH,
+                serialization.NoEncryption(),
+            ),
+        )
+    _publish_ssh_ca(d, name, key)
+    return key
+
+
+def _ssh_pub_line(name: str, key: ed25519.Ed25519PrivateKey) -> str:
     pub = key.public_key().public_bytes(
         serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
     )
-    (d / f"{name}.pub").write_bytes(pub + f" auditcast-{name}\n".encode())
-    return key
+    return f"{pub.decode()} auditcast-{name}"
+
+
+def _publish_ssh_ca(
+    d: Path, name: str, key: ed25519.Ed25519PrivateKey, grace: dt.timedelta = SSH_CA_GRACE
+) -> None:
+    """`{name}.pub`: the current key's line first, then the keys rotated out less than
+    `grace` ago (`{name}.old/`, rotation time = mtime). sshd's TrustedUserCAKeys and
+    known_hosts `@cert-authority` accept several keys, so both keep working through a
+    rotation with the same file."""
+    lines = [_ssh_pub_line(name, key)]
+    old_dir = d / f"{name}.old"
+    if old_dir.is_dir():
+        cutoff = dt.datetime.now(dt.UTC).timestamp() - grace.total_seconds()
+        for p in sorted(old_dir.glob("*.pub"), key=lambda p: -p.stat().st_mtime):
+            if p.stat().st_mtime >= cutoff:
+                lines.append(p.read_text().strip())
+    text = "\n".join(lines) + "\n"
+    path = d / f"{name}.pub"
+    if not path.exists() or path.read_text() != text:
+        tmp = path.with_suffix(".pub.tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
 
 
 def _token_key(d: Path) -> ed25519.Ed25519PrivateKey:
@@ -197,11 +228,19 @@ class CertificateAuthority:
         return self.tls_cert.public_bytes(serialization.Encoding.PEM).decode()
 
     def user_ca_line(self) -> str:
-        return (self.dir / "user_ca.pub").read_text().strip()
+        """The current user CA public key (`user_ca.pub` also lists rotated-out keys)."""
+        return (self.dir / "user_ca.pub").read_text().splitlines()[0].strip()
+
+    def trusted_user_ca_lines(self) -> list[str]:
+        """Every user CA key a node or gateway should accept: current first, then those
+        rotated out within SSH_CA_GRACE."""
+        return [ln for ln in (self.dir / "user_ca.pub").read_text().splitlines() if ln.strip()]
 
     def host_ca_known_hosts_line(self, pattern: str = "*") -> str:
-        """The one line that makes OpenSSH trust every host the host CA signed."""
-        return f"@cert-authority {pattern} {(self.dir / 'host_ca.pub').read_text().strip()}"
+        """What makes OpenSSH trust every host the host CA signed: one `@cert-authority`
+        line per trusted host CA key (two during a rotation's grace period)."""
+        lines = (self.dir / "host_ca.pub").read_text().splitlines()
+        return "\n".join(f"@cert-authority {pattern} {ln.strip()}" for ln in lines if ln.strip())
 
     @property
     def token_kid(self) -> str:
@@ -317,6 +356,21 @@ class CertificateAuthority:
         return cert.public_bytes(serialization.Encoding.PEM), key_pem
 
     # -------------------------------------------------------------- rotation
+
+    def rotate_ssh_ca(self, name: str) -> str:
+        """New `user_ca` or `host_ca` key; the old public key stays in `{name}.pub` for
+        SSH_CA_GRACE so certificates it signed keep working. Returns the new public line."""
+        if name not in SSH_CA_NAMES:
+            raise ConfigError(f"no SSH CA named {name!r} (one of {', '.join(SSH_CA_NAMES)})")
+        old_dir = self.dir / f"{name}.old"
+        old_dir.mkdir(mode=0o700, exist_ok=True)
+        old_key: ed25519.Ed25519PrivateKey = getattr(self, name)
+        (old_dir / f"{key_id_of(old_key.public_key())}.pub").write_text(
+            _ssh_pub_line(name, old_key) + "\n"
+        )
+        key = _ssh_ca(self.dir, name, new=True)
+        setattr(self, name, key)
+        return _ssh_pub_line(name, key)
 
     def rotate_token_key(self) -> str:
         """New token-signing key; the old public key stays trusted. Returns the new kid."""

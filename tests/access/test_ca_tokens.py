@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from auditcast.access.ca import BACKDATE, CertificateAuthority, issue_server_cert
 from auditcast.access.tokens import issue_token, verify_kube_token, verify_token
-from auditcast.errors import InvalidToken
+from auditcast.errors import ConfigError, InvalidToken
 from auditcast.settings import Settings
 
 
@@ -182,3 +182,48 @@ def test_public_jwks_verify_tokens_like_the_ca_does(ca) -> None:
     assert claims["sub"] == "bob"
     with pytest.raises(jwt.InvalidSignatureError):
         jwt.decode(token, jwt.PyJWK(jwks[1]), algorithms=["EdDSA"], audience="staging-1")
+
+
+def _fingerprint(pub_line: str, tmp_path: Path) -> str:
+    f = tmp_path / "fp.pub"
+    f.write_text(pub_line + "\n")
+    out = subprocess.run(["ssh-keygen", "-l", "-f", str(f)], check=True, capture_output=True)
+    return out.stdout.decode().split()[1]
+
+
+def test_rotated_user_ca_signs_new_certs_and_old_key_stays_trusted_for_the_grace(
+    settings, ca, tmp_path: Path
+) -> None:
+    import os
+
+    from auditcast.access.ca import SSH_CA_GRACE
+
+    before = ca.user_ca_line()
+    new_line = ca.rotate_ssh_ca("user_ca")
+    assert ca.user_ca_line() == new_line != before
+    # sshd's TrustedUserCAKeys file keeps both keys: certificates from before still work
+    assert ca.trusted_user_ca_lines() == [new_line, before]
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "id")],
+                   check=True)  # fmt: skip
+    cert = ca.sign_user_cert((tmp_path / "id.pub").read_text(), key_id="bob", principals=["dev"],
+                             ttl=dt.timedelta(minutes=5), credential_id="c", roles=[])  # fmt: skip
+    (tmp_path / "id-cert.pub").write_text(cert + "\n")
+    listing = subprocess.run(["ssh-keygen", "-L", "-f", str(tmp_path / "id-cert.pub")],
+                             check=True, capture_output=True, text=True).stdout  # fmt: skip
+    assert _fingerprint(new_line, tmp_path) in listing  # "Signing CA: ED25519 SHA256:..."
+    # after the grace period only the new key is published
+    for p in (ca.dir / "user_ca.old").iterdir():
+        past = p.stat().st_mtime - SSH_CA_GRACE.total_seconds() - 60
+        os.utime(p, (past, past))
+    fresh = CertificateAuthority.load_or_create(settings)
+    assert fresh.trusted_user_ca_lines() == [new_line]
+
+
+def test_host_ca_rotation_puts_both_keys_in_known_hosts(ca) -> None:
+    before = ca.host_ca_known_hosts_line()
+    ca.rotate_ssh_ca("host_ca")
+    lines = ca.host_ca_known_hosts_line().splitlines()
+    assert len(lines) == 2 and lines[1] == before
+    assert all(ln.startswith("@cert-authority * ssh-ed25519 ") for ln in lines)
+    with pytest.raises(ConfigError, match="no SSH CA named 'root_ca'"):
+        ca.rotate_ssh_ca("root_ca")
