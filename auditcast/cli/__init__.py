@@ -20,6 +20,7 @@ COMMANDS: dict[str, str] = {
     "api": "auditcast.replay.cli_api:api",
     "audit-webhook": "auditcast.collectors.kube.cli:audit_webhook",
     "bench": "auditcast.cli.bench:bench",
+    "ca": "auditcast.access.cli_ca:ca",
     "demo-idp": "auditcast.access.cli_idp:demo_idp",
     "events": "auditcast.replay.cli_events:events",
     "export": "auditcast.replay.cli_play:export",
