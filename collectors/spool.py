@@ -256,6 +256,8 @@ class Spool:
 
         Returns at once: the sender connects in the background, appends never wait.
         """
+        if self._task is not None:
+            raise SpoolError(f"spool {self.name} is already started")
         adopted = await asyncio.to_thread(self._open_dir)
         self._segments.extend(adopted)
         if self.writer:
@@ -414,7 +416,9 @@ class Spool:
         if self._active is not None:
             self._active.closed = True
         self._n += 1
-        path = self.dir / f"seg-{self._id}-{self._n:06d}.log"
+        # The creation time closes the name: `spool status` reads pending ages from it.
+        created_ms = time.time_ns() // 1_000_000
+        path = self.dir / f"seg-{self._id}-{self._n:06d}-{created_ms:013d}.log"
         tmp = self.dir / f"tmp-{path.name}"
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_EXCL, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -773,6 +777,14 @@ class Spool:
 # ---------------------------------------------------------------- drain and status
 
 
+def _created_at(path: Path, fallback: float) -> float:
+    """When a segment was created (epoch s), from its name; its oldest record is no older."""
+    try:
+        return int(path.stem.rsplit("-", 1)[1]) / 1000
+    except (IndexError, ValueError):
+        return fallback
+
+
 def spool_status(settings: Settings) -> list[dict[str, Any]]:
     """Per spool directory, read from disk (no broker): what waits and what is kept.
 
@@ -799,7 +811,8 @@ def spool_status(settings: Settings) -> list[dict[str, Any]]:
                     continue
                 pending += st.st_size - acked
                 records += _count_records(fd, acked, st.st_size)[0]
-                oldest = st.st_mtime if oldest is None else min(oldest, st.st_mtime)
+                born = _created_at(path, st.st_mtime)
+                oldest = born if oldest is None else min(oldest, born)
                 try:
                     fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
                 except OSError:

@@ -85,8 +85,9 @@ def kube_events(n: int, start: int = 0, user: str = "alice") -> list[Event]:
 # ---------------------------------------------------------------- delivery
 
 
-async def test_appended_events_frames_and_raw_records_reach_their_topics(make_settings) -> None:
-    s = await asyncio.to_thread(make_settings)
+@pytest.mark.parametrize("fsync", ["batch", "always", "never"])
+async def test_appended_events_and_frames_reach_their_topics(make_settings, fsync: str) -> None:
+    s = await asyncio.to_thread(make_settings, spool_fsync=fsync)
     spool = Spool(s, "gw")
     await spool.start()
     events = [Event(type="session.start", session_id=f"s{i}") for i in range(50)]
@@ -125,6 +126,7 @@ async def test_appends_never_wait_for_the_broker(tmp_path: Path) -> None:
     assert not await spool.close(0.2)
     [row] = spool_status(s)
     assert row["pending_records"] == 1000 and row["held_bytes"] == 0
+    assert 0.5 <= row["oldest_pending_age_s"] < 30
 
 
 async def test_broker_stopped_mid_appends_and_restarted_delivers_all_in_order(
