@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from auditcast.errors import ConfigError
 from auditcast.settings import Settings
@@ -77,9 +77,15 @@ class Role(BaseModel):
     kube_users: list[str] = Field(default_factory=list)
     logins: list[str] = Field(default_factory=list)
     kube_labels: Selector = Field(default_factory=dict)
-    kube_labels_deny: Selector = Field(default_factory=dict)
+    # `deny_kube_labels` / `deny_node_labels` (the spelling of the access issue) are
+    # accepted too; docs/SEAMS.md names them `*_labels_deny`.
+    kube_labels_deny: Selector = Field(
+        default_factory=dict, validation_alias=AliasChoices("kube_labels_deny", "deny_kube_labels")
+    )
     node_labels: Selector = Field(default_factory=dict)
-    node_labels_deny: Selector = Field(default_factory=dict)
+    node_labels_deny: Selector = Field(
+        default_factory=dict, validation_alias=AliasChoices("node_labels_deny", "deny_node_labels")
+    )
     max_session_ttl: timedelta = DEFAULT_TTL
     require_session_mfa: bool = False
     allow_request: list[str] = Field(default_factory=list)

@@ -77,3 +77,17 @@ def test_deny_wins_over_allow_and_ttl_is_the_shortest() -> None:
 def test_invalid_roles_say_where(doc, says) -> None:
     with pytest.raises(ConfigError, match=says):
         parse_roles(doc, "roles.yaml")
+
+
+def test_deny_spelled_either_way_denies() -> None:
+    roles = parse_roles(
+        {
+            "roles": {
+                "a": {"node_labels": "*", "deny_node_labels": {"env": ["prod", "dr"]}},
+                "b": {"kube_labels": "*", "deny_kube_labels": {"env": "prod"}},
+            }
+        }
+    ).roles
+    assert not effective_access(["a"], roles).node_allowed({"env": "dr"})
+    assert effective_access(["a"], roles).node_allowed({"env": "dev"})
+    assert not effective_access(["b"], roles).cluster_allowed({"env": "prod"})
