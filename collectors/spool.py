@@ -258,10 +258,16 @@ class Spool:
         """
         if self._task is not None:
             raise SpoolError(f"spool {self.name} is already started")
-        adopted = await asyncio.to_thread(self._open_dir)
-        self._segments.extend(adopted)
-        if self.writer:
-            self._rotate()
+        try:
+            adopted = await asyncio.to_thread(self._open_dir)
+            self._segments.extend(adopted)
+            if self.writer:
+                self._rotate()
+        except OSError as e:
+            raise SpoolError(
+                f"cannot open spool {self.dir}: {e}",
+                hint="check that AUDITCAST_HOME is writable and has free space",
+            ) from None
         self._sort()
         self._task = asyncio.create_task(self._run(), name=f"spool-{self.name}")
 
@@ -333,7 +339,10 @@ class Spool:
             if pending + len(rec) > self.settings.spool_max_bytes:
                 self._refuse(pending, full_topic)
         if seg.size > 0 and seg.size + len(rec) > SEGMENT_MAX_BYTES:
-            seg = self._rotate()
+            try:
+                seg = self._rotate()
+            except OSError as e:
+                raise SpoolError(f"cannot start a new spool segment in {self.dir}: {e}") from None
         try:
             written = os.write(seg.fd, rec)
             if written != len(rec):
@@ -413,16 +422,21 @@ class Spool:
     def _rotate(self) -> _Segment:
         """Start a new own segment. Created under a temporary name and renamed once
         locked, so no sender can mistake it for a dead writer's."""
-        if self._active is not None:
-            self._active.closed = True
         self._n += 1
         # The creation time closes the name: `spool status` reads pending ages from it.
         created_ms = time.time_ns() // 1_000_000
         path = self.dir / f"seg-{self._id}-{self._n:06d}-{created_ms:013d}.log"
         tmp = self.dir / f"tmp-{path.name}"
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_EXCL, 0o600)
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        os.rename(tmp, path)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.rename(tmp, path)
+        except OSError:
+            os.close(fd)
+            tmp.unlink(missing_ok=True)
+            raise
+        if self._active is not None:  # only now: a failed rotation keeps the old one open
+            self._active.closed = True
         seg = _Segment(path=path, fd=fd, own=True)
         self._segments.append(seg)
         self._active = seg

@@ -259,6 +259,15 @@ async def test_oversized_record_is_refused_and_nothing_else_is_lost(tmp_path: Pa
     await spool.close(0)
 
 
+async def test_unwritable_spool_dir_is_a_clear_error(tmp_path: Path) -> None:
+    s = settings_on(UNREACHABLE, tmp_path)
+    s.spool_dir.parent.mkdir(parents=True, exist_ok=True)
+    s.spool_dir.write_text("not a directory")
+    with pytest.raises(SpoolError, match="cannot open spool") as err:
+        await Spool(s, "gw").start()
+    assert "writable" in err.value.hint
+
+
 # ---------------------------------------------------------------- several processes
 
 WRITER = textwrap.dedent(
