@@ -28,15 +28,15 @@ from typing import Any, Final
 import faust
 import orjson
 from aiokafka import AIOKafkaProducer
-from auditcast.streams import sessions
-from auditcast.streams.attribution import attribute
-from auditcast.streams.identities import IdentityView
 from faust.types import EventT, RecordMetadata
 
 from auditcast.errors import MalformedMessage
 from auditcast.events import Event, decode_event, decode_frames
 from auditcast.kafka import MAX_REQUEST_BYTES, start_producer
 from auditcast.settings import Settings
+from auditcast.streams import sessions
+from auditcast.streams.attribution import attribute
+from auditcast.streams.identities import IdentityView
 from auditcast.topics import (
     ALERTS,
     DEAD_LETTER,
@@ -198,13 +198,23 @@ class StreamsApp:
         raw = self.sessions.get(session_id.encode())
         return orjson.loads(raw) if raw else sessions.empty(session_id)
 
-    def _store_session(self, partition: int, summary: sessions.SessionSummary) -> None:
+    async def _store_session(
+        self, producer: AIOKafkaProducer, partition: int, summary: sessions.SessionSummary
+    ) -> Awaitable[RecordMetadata]:
+        """Update the table and its changelog (on the source partition, as Faust would).
+
+        Written directly: inside a batch there is no single "current event" for Faust's
+        table to take the partition from, and Faust's own changelog buffer was the
+        slowest step of the worker.
+        """
         key = summary["session_id"].encode()
         value = orjson.dumps(summary)
-        # Written directly with the source partition: inside a batch there is no single
-        # "current event" for Faust's table to take the changelog partition from.
         self.sessions.data[key] = value
-        self.sessions.send_changelog(partition, key, value)
+        changelog = self.sessions.changelog_topic.get_topic_name()
+        fut: Awaitable[RecordMetadata] = await producer.send(
+            changelog, key=key, value=value, partition=partition
+        )
+        return fut
 
     # --- agents ------------------------------------------------------------------
 
@@ -237,7 +247,7 @@ class StreamsApp:
             out = result.event
             if out.session_id and out.type in ("session.start", "session.end"):
                 summary = sessions.on_event(self._session(out.session_id), out)
-                self._store_session(msg.partition, summary)
+                pending.append(await self._store_session(producer, msg.partition, summary))
                 out = sessions.enrich_end(out, summary)
             pending.append(await producer.send(self.events_audit, key=msg.key, value=out.to_json()))
             self.stats.produced[EVENTS_AUDIT] += 1
@@ -268,6 +278,7 @@ class StreamsApp:
 
     async def process_frames_batch(self, batch: Sequence[EventT]) -> None:
         pending: list[Awaitable[RecordMetadata]] = []
+        producer = await self.output()
         source = self.topic_name(SESSION_FRAMES)
         for ev in batch:
             msg = ev.message
@@ -286,7 +297,7 @@ class StreamsApp:
                 by_session.setdefault(f.session_id, []).append(f)
             for session_id, group in by_session.items():
                 summary = sessions.on_frames(self._session(session_id), group)
-                self._store_session(msg.partition, summary)
+                pending.append(await self._store_session(producer, msg.partition, summary))
         await asyncio.gather(*pending)
 
     async def _dead_letter(self, source: str, msg: Any, error: str) -> Awaitable[RecordMetadata]:
