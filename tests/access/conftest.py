@@ -6,7 +6,8 @@ completes it over HTTP the way a browser would.
   dave/auditors; password `<name>-pass`), one per test session.
 - `access_api`: `auditcast api` on a free port with its own server home: example roles,
   three clusters (staging-1, staging-2: environment=staging; prod-1: production), two
-  nodes, topics on the session broker.
+  nodes, topics on the session broker. `running_api(root, settings, idp, **env)` is the
+  same as a context manager, for an API with other settings or environment.
 - `access_api.login(user, *extra_args, device=False)`: a fresh client home for that
   user, logged in with `auditcast login --json` (browser flow: the printed URL is
   completed by `browser_sign_in`; `device=True`: `auditcast login --device`, completed by
@@ -27,6 +28,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -180,17 +182,20 @@ class AccessAPI:
         return str(json.loads((c.home / "profile.json").read_text())["token"])
 
 
-@pytest.fixture
-def access_api(broker: EmbeddedBroker, idp: IdPProcess, tmp_path: Path) -> Iterator[AccessAPI]:
-    server_home = tmp_path / "server"
-    s = isolated_settings(server_home, broker.bootstrap)
+@contextmanager
+def running_api(
+    root: Path, s: Settings, idp: IdPProcess, **env_overrides: str
+) -> Iterator[AccessAPI]:
+    """`auditcast api` with the home of `s` (clusters and nodes written), on a free port,
+    until the block ends. `env_overrides` (e.g. AUDITCAST_KAFKA) change its environment."""
     server_home = s.home_dir
     (server_home / "kube-clusters.yaml").write_text(yaml.safe_dump(CLUSTERS))
     (server_home / "nodes.yaml").write_text(yaml.safe_dump(NODES))
     port = free_port()
     env = {**os.environ, **settings_env(s), "AUDITCAST_OIDC_ISSUER": idp.issuer,
-           "AUDITCAST_API_PORT": str(port)}  # fmt: skip
-    log = open(tmp_path / "api.log", "wb")
+           "AUDITCAST_API_PORT": str(port), **env_overrides}  # fmt: skip
+    log_path = root / f"api-{port}.log"
+    log = open(log_path, "wb")
     proc = subprocess.Popen([AUDITCAST, "api"], env=env, stdout=log, stderr=log)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
@@ -202,8 +207,22 @@ def access_api(broker: EmbeddedBroker, idp: IdPProcess, tmp_path: Path) -> Itera
             time.sleep(0.1)
     else:
         proc.kill()
-        raise AssertionError((tmp_path / "api.log").read_text()[-3000:])
-    yield AccessAPI(url, s, idp, tmp_path, proc)
-    proc.terminate()
-    proc.wait(10)
-    log.close()
+        log.close()
+        raise AssertionError(log_path.read_text()[-3000:])
+    try:
+        yield AccessAPI(url, s, idp, root, proc)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+@pytest.fixture
+def access_api(broker: EmbeddedBroker, idp: IdPProcess, tmp_path: Path) -> Iterator[AccessAPI]:
+    s = isolated_settings(tmp_path / "server", broker.bootstrap)
+    with running_api(tmp_path, s, idp) as api:
+        yield api

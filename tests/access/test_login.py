@@ -276,3 +276,22 @@ def test_device_flow_login_for_a_machine_without_a_browser(access_api) -> None:
     assert gone.returncode != 0 and "auditcast login" in gone.stderr
     anonymous = httpx.get(f"{access_api.url}/v1/auth/whoami", timeout=10)
     assert anonymous.status_code == 401 and anonymous.json()["error"].startswith("not signed in")
+
+
+def test_no_credential_without_its_identity_record_when_the_broker_is_away(idp, tmp_path) -> None:
+    """The identities record is what ties a credential to the SSO identity: when it
+    cannot be written, sign-in fails (503, saying so) instead of issuing an unbound one."""
+    from auditcast.broker import free_port
+    from auditcast.settings import Settings
+
+    from .conftest import running_api
+
+    dead = Settings(home=tmp_path / "server", kafka=f"127.0.0.1:{free_port()}", topic_prefix="x.")
+    with running_api(tmp_path, dead, idp) as api:
+        with pytest.raises(AssertionError) as refused:
+            api.login("bob")
+        said = str(refused.value)
+        assert "Kafka broker at" in said and "is unreachable" in said
+        assert "AUDITCAST_KAFKA" in said  # the hint
+        assert "returncode: 3" in said  # BrokerError's exit code
+        assert not list(tmp_path.glob("client-bob-*/profile.json"))
