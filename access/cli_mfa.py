@@ -7,7 +7,6 @@ auditcast mfa ls
 from __future__ import annotations
 
 import io
-import os
 
 import click
 import qrcode
@@ -15,7 +14,6 @@ import qrcode
 from auditcast.access.cli_common import api_call
 from auditcast.access.mfa import new_secret, provisioning_uri
 from auditcast.cli._util import json_option, print_json
-from auditcast.errors import MFARequired
 
 
 def terminal_qr(data: str) -> str:
@@ -70,32 +68,3 @@ def mfa_ls(as_json: bool) -> None:
         click.echo("no MFA devices; enrol one with `auditcast mfa add`")
     for d in devices:
         click.echo(f"{d['name']}  enrolled {d['created']}")
-
-
-class NoTerminal(MFARequired):
-    hint = (
-        "per-session MFA needs a terminal to ask for the code; run kubectl from a terminal, "
-        "or pass the code in AUDITCAST_MFA_CODE"
-    )
-
-
-def prompt_mfa_code(reason: str = "per-session MFA") -> str:
-    """Ask for a TOTP code on the controlling terminal.
-
-    The kube exec plugin's stdout is the ExecCredential kubectl reads, and its stdin
-    may be kubectl's; /dev/tty reaches the person at the keyboard either way.
-    `AUDITCAST_MFA_CODE` answers without a terminal (scripts, tests).
-    """
-    code = os.environ.get("AUDITCAST_MFA_CODE")
-    if code:
-        return code.strip()
-    try:
-        with open("/dev/tty", "r+", buffering=1) as tty:
-            tty.write(f"{reason}: enter the code from your authenticator app: ")
-            tty.flush()
-            line = tty.readline()
-    except OSError:
-        raise NoTerminal("cannot ask for an MFA code: no terminal") from None
-    if not line:
-        raise NoTerminal("no MFA code entered")
-    return line.strip()
