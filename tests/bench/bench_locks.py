@@ -36,7 +36,6 @@ from auditcast.access.lock_model import (
 )
 from auditcast.access.locks import LockView
 from auditcast.access.publish import Publisher
-
 from auditcast.broker import EmbeddedBroker
 from auditcast.kafka import ensure_topics
 from auditcast.settings import Settings
