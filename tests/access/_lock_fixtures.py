@@ -10,19 +10,18 @@ or its stdin closes.
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
-import yaml
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from auditcast.access.locks import LockView
-from auditcast.broker import EmbeddedBroker, free_port
+from auditcast.broker import EmbeddedBroker
 from auditcast.settings import Settings
 from auditcast.topics import LOCKS, topic
 
@@ -124,59 +123,26 @@ class Watcher:
 # -- an `auditcast api` process with extra settings ----------------------------------
 
 
-def start_access_api(
+@contextmanager
+def access_api_with(
     broker: EmbeddedBroker,
     idp: Any,
     tmp_path: Path,
     *,
     roles_yaml: str | None = None,
-    **extra_env: str,
-) -> Any:
-    """Like access core's `access_api` fixture (same server home layout, real
-    `auditcast api` process, the session's IdP), with extra AUDITCAST_* settings such as
-    the request webhook URL. Returns its `AccessAPI`; stop it with `stop_access_api`."""
+    **env_overrides: str,
+) -> Iterator[Any]:
+    """Access core's `running_api` (real `auditcast api`, the session's IdP) with a
+    roles.yaml of our own and extra AUDITCAST_* settings such as the webhook URL."""
     # imported here: this file also runs as a script (the watcher), outside the tests package
-    from tests.access.conftest import CLUSTERS, NODES, AccessAPI
-    from tests.helpers.broker import isolated_settings, settings_env
+    from tests.access.conftest import running_api
+    from tests.helpers.broker import isolated_settings
 
     s = isolated_settings(tmp_path / "server", broker.bootstrap)
-    (s.home_dir / "kube-clusters.yaml").write_text(yaml.safe_dump(CLUSTERS))
-    (s.home_dir / "nodes.yaml").write_text(yaml.safe_dump(NODES))
     if roles_yaml is not None:
         (s.home_dir / "roles.yaml").write_text(roles_yaml)
-    port = free_port()
-    env = {
-        **os.environ,
-        **settings_env(s),
-        "AUDITCAST_OIDC_ISSUER": idp.issuer,
-        "AUDITCAST_API_PORT": str(port),
-        **extra_env,
-    }
-    log = open(tmp_path / "api.log", "wb")
-    proc = subprocess.Popen([AUDITCAST, "api"], env=env, stdout=log, stderr=log)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(f"{url}/v1/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline or proc.poll() is not None:
-            proc.kill()
-            log.close()
-            raise AssertionError((tmp_path / "api.log").read_text()[-3000:])
-        time.sleep(0.1)
-    return AccessAPI(url, s, idp, tmp_path, proc)
-
-
-def stop_access_api(api: Any) -> None:
-    api.proc.terminate()
-    try:
-        api.proc.wait(10)
-    except subprocess.TimeoutExpired:
-        api.proc.kill()
-        api.proc.wait()
+    with running_api(tmp_path, s, idp, **env_overrides) as api:
+        yield api
 
 
 def main() -> None:

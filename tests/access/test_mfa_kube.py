@@ -19,7 +19,7 @@ import yaml
 from auditcast.access.mfa import STEP_S, new_secret
 from auditcast.access.roles import EXAMPLE_ROLES
 from auditcast.broker import EmbeddedBroker
-from tests.access._lock_fixtures import AUDITCAST, start_access_api, stop_access_api
+from tests.access._lock_fixtures import AUDITCAST, access_api_with
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -29,9 +29,8 @@ def mfa_api(broker: EmbeddedBroker, idp: Any, tmp_path: Path) -> Iterator[Any]:
     """The example roles, with devrole requiring a fresh MFA code per session."""
     roles = yaml.safe_load(EXAMPLE_ROLES.read_text())
     roles["roles"]["devrole"]["require_session_mfa"] = True
-    api = start_access_api(broker, idp, tmp_path, roles_yaml=yaml.safe_dump(roles))
-    yield api
-    stop_access_api(api)
+    with access_api_with(broker, idp, tmp_path, roles_yaml=yaml.safe_dump(roles)) as api:
+        yield api
 
 
 def kube_credentials(client: Any, code: str | None) -> subprocess.CompletedProcess[str]:

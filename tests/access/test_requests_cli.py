@@ -17,7 +17,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from auditcast.broker import EmbeddedBroker
 from auditcast.topics import EVENTS_RAW, topic
-from tests.access._lock_fixtures import start_access_api, stop_access_api
+from tests.access._lock_fixtures import access_api_with
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -56,9 +56,8 @@ def api(
     tmp_path: Path,
     webhook: tuple[str, list[dict[str, Any]]],
 ) -> Iterator[Any]:
-    api = start_access_api(broker, idp, tmp_path, AUDITCAST_REQUEST_WEBHOOK_URL=webhook[0])
-    yield api
-    stop_access_api(api)
+    with access_api_with(broker, idp, tmp_path, AUDITCAST_REQUEST_WEBHOOK_URL=webhook[0]) as api:
+        yield api
 
 
 async def access_request_events(settings: Any) -> list[dict[str, Any]]:
