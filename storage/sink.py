@@ -15,10 +15,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from aiokafka import AIOKafkaProducer, ConsumerRecord
+from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
 
 from auditcast.errors import MalformedMessage
-from auditcast.events import decode_event, decode_frames
+from auditcast.events import Frame, decode_event, decode_frames
 from auditcast.kafka import start_consumer, start_producer
 from auditcast.settings import Settings
 from auditcast.storage.recordings import RecordingStore
@@ -32,6 +32,8 @@ FRAMES_GROUP: Final = "auditcast-store-frames"
 # One poll is one transaction: big enough to amortise the commit, bounded for memory.
 MAX_POLL_RECORDS: Final = 5000
 RETRY_S: Final = 2.0
+# How long an idle poll waits; short enough that stop and readiness feel immediate.
+POLL_MS: Final = 500
 
 
 @dataclass
@@ -75,38 +77,70 @@ class DeadLetters:
         )
 
 
-async def _consume(
-    settings: Settings,
-    name: str,
-    group: str,
-    handle: Callable[[list[ConsumerRecord[bytes, bytes]], DeadLetters], Awaitable[None]],
-    stats: SinkStats,
-    on_ready: Callable[[], None],
-) -> None:
-    """One consumer loop that survives the broker going away (and coming back empty)."""
+@dataclass
+class Route:
+    """How one topic is stored: `parse` checks records on the event loop (dead-lettering
+    the malformed ones) and returns the batch to write; `write` makes it durable and
+    runs in a thread, so parsing the next poll overlaps the SQLite/file write."""
+
+    topic: str
+    group: str
+    parse: Callable[[list[ConsumerRecord[bytes, bytes]], DeadLetters], Awaitable[Any]]
+    write: Callable[[Any], None]
+    on_ready: Callable[[], None]
+
+
+def _next_offsets(records: list[ConsumerRecord[bytes, bytes]]) -> dict[TopicPartition, int]:
+    out: dict[TopicPartition, int] = {}
+    for r in records:
+        tp = TopicPartition(r.topic, r.partition)
+        out[tp] = max(out.get(tp, 0), r.offset + 1)
+    return out
+
+
+async def _consume(settings: Settings, route: Route, stats: SinkStats) -> None:
+    """One consumer loop that survives the broker going away (and coming back empty).
+
+    Offsets of a poll are committed only after its write returned (SQLite committed,
+    recording files fsynced); at most one write is in flight while the next poll is
+    parsed."""
     while True:
         consumer = producer = None
+        pending: asyncio.Future[None] | None = None
         try:
             producer = await start_producer(settings)
             consumer = await start_consumer(
-                settings, [name], group_id=group, max_poll_records=MAX_POLL_RECORDS
+                settings, [route.topic], group_id=route.group, max_poll_records=MAX_POLL_RECORDS
             )
             dead = DeadLetters(settings, producer, stats)
-            on_ready()
+            route.on_ready()
+            offsets: dict[TopicPartition, int] = {}
             while True:
-                batches = await consumer.getmany(timeout_ms=500)
+                batches = await consumer.getmany(timeout_ms=0 if pending else POLL_MS)
                 records = [r for recs in batches.values() for r in recs]
-                if not records:
-                    continue
-                await handle(records, dead)
-                await consumer.commit()
+                batch = await route.parse(records, dead) if records else None
+                if pending is not None:
+                    await pending
+                    pending = None
+                    await consumer.commit(offsets)
+                if records:
+                    offsets = _next_offsets(records)
+                    if batch:
+                        pending = asyncio.ensure_future(asyncio.to_thread(route.write, batch))
+                    else:  # all malformed: dead-lettered, nothing to write
+                        await consumer.commit(offsets)
         except asyncio.CancelledError:
             raise
         except Exception as e:  # broker gone or restarted: start over, dedupe absorbs replays
             stats.last_error = str(e)
-            log.warning("store consumer for %s restarting: %s", name, e, extra={"topic": name})
+            log.warning(
+                "store consumer for %s restarting: %s", route.topic, e, extra={"topic": route.topic}
+            )
             await asyncio.sleep(RETRY_S)
         finally:
+            if pending is not None:  # never leave a write running behind a new consumer
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(pending)
             for client in (consumer, producer):
                 if client is not None:
                     with contextlib.suppress(Exception):
@@ -121,20 +155,26 @@ class StoreSink:
         self.stats = SinkStats()
         self._ready: set[str] = set()
 
-    async def _events(self, records: list[ConsumerRecord[bytes, bytes]], dead: DeadLetters) -> None:
+    async def _parse_events(
+        self, records: list[ConsumerRecord[bytes, bytes]], dead: DeadLetters
+    ) -> list[dict[str, Any]]:
         docs = []
         for r in records:
             try:
                 docs.append(parse_event_record(r.value))
             except MalformedMessage as e:
                 await dead.send(r, e.message)
-        if docs:
-            new = await asyncio.to_thread(self.audit.add_many, docs)
-            self.stats.stored_events += new
-            self.stats.duplicate_events += len(docs) - new
+        return docs
 
-    async def _frames(self, records: list[ConsumerRecord[bytes, bytes]], dead: DeadLetters) -> None:
-        frames = []
+    def _write_events(self, docs: list[dict[str, Any]]) -> None:
+        new = self.audit.add_many(docs)
+        self.stats.stored_events += new
+        self.stats.duplicate_events += len(docs) - new
+
+    async def _parse_frames(
+        self, records: list[ConsumerRecord[bytes, bytes]], dead: DeadLetters
+    ) -> list[Frame]:
+        frames: list[Frame] = []
         for r in records:
             try:
                 if r.value is None:
@@ -142,9 +182,11 @@ class StoreSink:
                 frames.extend(decode_frames(r.value))
             except MalformedMessage as e:
                 await dead.send(r, e.message)
-        if frames:
-            await asyncio.to_thread(self.recordings.add, frames)
-            self.stats.stored_frames += len(frames)
+        return frames
+
+    def _write_frames(self, frames: list[Frame]) -> None:
+        self.recordings.add(frames)
+        self.stats.stored_frames += len(frames)
 
     def _mark_ready(self, which: str) -> None:
         self._ready.add(which)
@@ -156,10 +198,10 @@ class StoreSink:
         (self.settings.run_dir / "store.ready").unlink(missing_ok=True)
         try:
             await asyncio.gather(
-                _consume(self.settings, EVENTS_AUDIT, EVENTS_GROUP, self._events, self.stats,
-                         lambda: self._mark_ready("events")),
-                _consume(self.settings, SESSION_FRAMES, FRAMES_GROUP, self._frames, self.stats,
-                         lambda: self._mark_ready("frames")),
+                _consume(self.settings, Route(EVENTS_AUDIT, EVENTS_GROUP, self._parse_events,
+                         self._write_events, lambda: self._mark_ready("events")), self.stats),
+                _consume(self.settings, Route(SESSION_FRAMES, FRAMES_GROUP, self._parse_frames,
+                         self._write_frames, lambda: self._mark_ready("frames")), self.stats),
             )  # fmt: skip
         finally:
             (self.settings.run_dir / "store.ready").unlink(missing_ok=True)

@@ -1,0 +1,234 @@
+"""Store pipeline benchmark: events/s from producer to SQLite row, against raw aiokafka
+produce→consume of the same messages on the same (fresh, embedded) broker; plus the
+recording size on disk against uncompressed asciicast for a typical interactive session.
+
+Both legs produce the same N small envelopes with the same producer settings and are
+timed the same way, from the first produce to the moment the Nth record is visible:
+
+- raw: producer → a topic → an aiokafka consumer (already joined) reads N records.
+- store: producer → `events.audit` → a real `auditcast store` process (ready before the
+  clock starts) → N rows in the SQLite audit log (polled read-only, like the CLI reads).
+
+`python -m tests.bench.bench_pipeline [N]` prints one JSON object. Targets:
+store ≥ 20,000 events/s, store/raw ≥ 0.3, recording <= 0.15 of asciicast.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import NewTopic
+
+from auditcast.broker import EmbeddedBroker
+from auditcast.events import Event, Frame, Source
+from auditcast.kafka import _admin, consumer_config, ensure_topics, producer_config
+from auditcast.settings import Settings
+from auditcast.storage.recordings import RecordingStore, to_asciicast
+from auditcast.topics import EVENTS_AUDIT, topic
+
+DEFAULT_N = 200_000
+AUDITCAST = str(Path(sys.executable).with_name("auditcast"))
+RAW_TOPIC = "bench.raw"
+
+
+def make_events(n: int) -> list[tuple[bytes, bytes]]:
+    src = Source(collector="kube", instance="gw-1", remote_addr="10.0.0.7")
+    out = []
+    for i in range(n):
+        ev = Event(
+            type="kube.request",
+            user=f"user{i % 50}",
+            credential_id=f"cred-{i % 50}",
+            cluster="prod",
+            source=src,
+            verb="get",
+            resource="pods",
+            namespace="default",
+            request_path=f"/api/v1/namespaces/default/pods/web-{i % 997}",
+            response_code=200,
+            latency_ms=3,
+        )
+        out.append((ev.key, ev.to_json()))
+    return out
+
+
+async def produce(s: Settings, name: str, msgs: list[tuple[bytes, bytes]]) -> None:
+    p = AIOKafkaProducer(**producer_config(s, s.kafka or "", idempotent=False))
+    await p.start()
+    try:
+        futs = [await p.send(name, v, key=k) for k, v in msgs]
+        await asyncio.gather(*futs)
+    finally:
+        await p.stop()
+
+
+async def raw_leg(s: Settings, msgs: list[tuple[bytes, bytes]]) -> float:
+    name = topic(s, RAW_TOPIC)
+    c = AIOKafkaConsumer(name, **consumer_config(s.kafka or "", "bench-raw"))
+    await c.start()
+    try:
+        while not c.assignment():  # joined before the clock starts
+            await c.getmany(timeout_ms=200)
+        t0 = time.perf_counter()
+        prod = asyncio.create_task(produce(s, name, msgs))
+        seen = 0
+        while seen < len(msgs):
+            for recs in (await c.getmany(timeout_ms=500, max_records=10_000)).values():
+                seen += len(recs)
+        elapsed = time.perf_counter() - t0
+        await prod
+        return elapsed
+    finally:
+        await c.stop()
+
+
+def rows(db: Path) -> int:
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        try:
+            return int(con.execute("SELECT count(*) FROM events").fetchone()[0])
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return 0
+
+
+async def store_leg(s: Settings, env: dict[str, str], msgs: list[tuple[bytes, bytes]]) -> float:
+    # blocking spawn before the clock starts: harmless in a bench
+    log = open(s.home / "store.log", "wb")  # noqa: ASYNC230
+    proc = subprocess.Popen([AUDITCAST, "store"], env=env, stdout=log, stderr=log)  # noqa: ASYNC220
+    try:
+        deadline = time.monotonic() + 60
+        while not (s.run_dir / "store.ready").exists():
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError((s.home / "store.log").read_text()[-2000:])
+            await asyncio.sleep(0.1)
+        t0 = time.perf_counter()
+        prod = asyncio.create_task(produce(s, topic(s, EVENTS_AUDIT), msgs))
+        while rows(s.db_path) < len(msgs):
+            await asyncio.sleep(0.05)
+            if time.perf_counter() - t0 > 600:
+                raise RuntimeError(f"only {rows(s.db_path)} rows after 600 s")
+        elapsed = time.perf_counter() - t0
+        await prod
+        return elapsed
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(20)
+        log.close()
+
+
+def typical_session(sid: str) -> list[Frame]:
+    """About 10 minutes of shell work: prompts, typed commands echoed a key at a time,
+    ls/git/log output, an editor redraw, colour escapes."""
+    rnd = random.Random(7)
+    frames: list[Frame] = []
+    t = 0.0
+    words = "deploy service config pods namespace kubectl logs status error warning".split()
+    prompt = b"\x1b[01;32malice@node1\x1b[00m:\x1b[01;34m~/src/app\x1b[00m$ "
+
+    def emit(kind: str, data: bytes, dt: float) -> None:
+        nonlocal t
+        t += dt
+        frames.append(Frame(session_id=sid, seq=len(frames), t=round(t, 6), kind=kind, data=data))  # type: ignore[arg-type]
+
+    emit("r", b"120x40", 0.0)
+    for _ in range(200):
+        emit("o", prompt, rnd.uniform(0.5, 4.0))
+        cmd = " ".join(rnd.choice(words) for _ in range(rnd.randint(1, 4)))
+        for ch in cmd:
+            emit("o", ch.encode(), rnd.uniform(0.05, 0.25))
+        emit("o", b"\r\n", 0.1)
+        lines = []
+        for _ in range(rnd.randint(1, 40)):
+            lines.append(
+                f"{rnd.choice(['-rw-r--r--', 'drwxr-xr-x'])} 1 alice staff "
+                f"{rnd.randint(10, 99999):>6} "
+                f"Nov {rnd.randint(1, 28):2d} {rnd.randint(0, 23):02d}:{rnd.randint(0, 59):02d} "
+                f"\x1b[0;3{rnd.randint(1, 6)}m{rnd.choice(words)}-{rnd.randint(1, 999)}"
+                ".yaml\x1b[0m\r\n"
+            )
+        emit("o", "".join(lines).encode(), rnd.uniform(0.01, 0.3))
+    emit("x", b"0", 0.5)
+    return frames
+
+
+def recording_size(root: Path) -> dict[str, Any]:
+    rs = RecordingStore(root)
+    frames = typical_session("typical")
+    for i in range(0, len(frames), 20):  # batches like a collector's 50 ms flushes
+        rs.add(frames[i : i + 20])
+    cast = "".join(line + "\n" for line in to_asciicast(rs.frames("typical"))).encode()
+    disk = rs.disk_bytes("typical")
+    return {
+        "frames": len(frames),
+        "asciicast_bytes": len(cast),
+        "disk_bytes": disk,
+        "ratio": round(disk / len(cast), 4),
+        "target_ratio": 0.15,
+    }
+
+
+async def run(n: int) -> dict[str, Any]:
+    msgs = make_events(n)
+    with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
+        broker = EmbeddedBroker(log_path=Path(tmp) / "broker.log")
+        await broker.start()
+        try:
+            s = Settings(home=Path(tmp) / "home", kafka=broker.bootstrap, topic_prefix="bench.")
+            s.run_dir.mkdir(parents=True, exist_ok=True)
+            await ensure_topics(s)
+
+            admin = await _admin(broker.bootstrap, 10)
+            try:
+                await admin.create_topics(
+                    [NewTopic(topic(s, RAW_TOPIC), s.partitions, replication_factor=1)]
+                )
+            finally:
+                await admin.close()
+            env = {
+                **os.environ,
+                "AUDITCAST_HOME": str(s.home),
+                "AUDITCAST_KAFKA": broker.bootstrap,
+                "AUDITCAST_TOPIC_PREFIX": s.topic_prefix,
+                "AUDITCAST_LOG_LEVEL": "WARNING",
+            }
+            raw_s = await raw_leg(s, msgs)
+            store_s = await store_leg(s, env, msgs)
+        finally:
+            broker.stop()
+        rec = recording_size(Path(tmp) / "rec")
+    raw_rate, store_rate = n / raw_s, n / store_s
+    return {
+        "n": n,
+        "raw_events_per_s": round(raw_rate),
+        "store_events_per_s": round(store_rate),
+        "ratio_store_to_raw": round(store_rate / raw_rate, 3),
+        "target_events_per_s": 20_000,
+        "target_ratio": 0.3,
+        "recording": rec,
+        "loadavg": os.getloadavg(),
+    }
+
+
+def main() -> None:
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_N
+    print(json.dumps(asyncio.run(run(n)), indent=2))
+
+
+if __name__ == "__main__":
+    main()
