@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
@@ -33,23 +34,23 @@ def session_row(settings: Settings, session_id: str) -> dict[str, Any]:
 
 def asciicast_lines(
     settings: Settings, session_id: str, idle_time_limit: float | None = None
-) -> list[str]:
+) -> Iterator[str]:
+    """Streamed: a 50 MB recording is never held whole in memory."""
     row = session_row(settings, session_id)
     items = RecordingStore(settings.recordings_dir).frames(session_id)
     start = row.get("start")
     ts = int(datetime.fromisoformat(start.replace("Z", "+00:00")).timestamp()) if start else None
-    return list(
-        to_asciicast(
-            items,
-            width=row.get("cols") or 80,
-            height=row.get("rows") or 24,
-            title=row.get("title") or row.get("command"),
-            timestamp=ts,
-            idle_time_limit=idle_time_limit,
-        )
+    return to_asciicast(
+        items,
+        width=row.get("cols") or 80,
+        height=row.get("rows") or 24,
+        title=row.get("title") or row.get("command"),
+        timestamp=ts,
+        idle_time_limit=idle_time_limit,
     )
 
 
-def output_frames(settings: Settings, session_id: str) -> list[Frame | Gap]:
+def output_frames(settings: Settings, session_id: str) -> Iterator[Frame | Gap]:
+    """Streamed, in seq order, with gaps; raises NotFound for an unknown session."""
     session_row(settings, session_id)
-    return list(RecordingStore(settings.recordings_dir).frames(session_id))
+    return RecordingStore(settings.recordings_dir).frames(session_id)

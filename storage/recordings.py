@@ -20,6 +20,7 @@ from __future__ import annotations
 import codecs
 import itertools
 import json
+import mmap
 import os
 import struct
 import threading
@@ -146,7 +147,8 @@ class RecordingStore:
                 frames[f.seq] = f
         live = d / "live.log"
         if live.exists():
-            for f in _read_live(sid, live.read_bytes()):
+            # mapped, not read: only the frames' own bytes are held, once
+            for f in _read_live(sid, _map(live)):
                 frames.setdefault(f.seq, f)
         ordered = [frames[s] for s in sorted(frames)]
         cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
@@ -210,7 +212,7 @@ class RecordingStore:
             if index is not None and not live.exists():
                 stream: Iterable[Frame] = self._seek(session_id, d, index, from_t)
             else:  # still live (or a merge pending): sort what has arrived so far
-                merged = {f.seq: f for f in _read_live(session_id, live.read_bytes())}
+                merged = {f.seq: f for f in _read_live(session_id, _map(live))}
                 if index is not None:
                     for f in self._iter_compacted(session_id, d):
                         merged.setdefault(f.seq, f)
@@ -245,7 +247,13 @@ def _write_chunk(out: Any, cctx: zstandard.ZstdCompressor, chunk: list[Frame]) -
     return {"t": chunk[0].t, "seq": chunk[0].seq, "offset": offset, "length": len(data)}
 
 
-def _read_live(sid: str, raw: bytes) -> Iterator[Frame]:
+def _map(path: Path) -> bytes | mmap.mmap:
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        return mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+
+
+def _read_live(sid: str, raw: bytes | mmap.mmap) -> Iterator[Frame]:
     pos = 0
     while pos + _LEN.size <= len(raw):
         (n,) = _LEN.unpack_from(raw, pos)
