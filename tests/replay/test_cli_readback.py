@@ -76,10 +76,10 @@ def test_events_search_filters_and_pages_with_a_cursor(home: Settings) -> None:
         assert out.returncode == 0, out.stderr
         return orjson.loads(out.stdout)
 
-    assert [e["type"] for e in search("--user", "alice")["events"]] == ["session.start",
-                                                                          "session.end"]  # fmt: skip
-    assert [e["session_id"] for e in search("--type", "session.end")["events"]] == ["s-bob",
-                                                                                  "s-alice"]  # fmt: skip
+    alice = search("--user", "alice")["events"]
+    assert [e["type"] for e in alice] == ["session.start", "session.end"]
+    ends = search("--type", "session.end")["events"]
+    assert [e["session_id"] for e in ends] == ["s-bob", "s-alice"]  # oldest first
     assert len(search("--session", "s-bob")["events"]) == 2
     assert search("--since", "1h")["events"][0]["session_id"] == "s-alice"
     assert [e["user"] for e in search("--q", "bash", "--user", "bob")["events"]] == ["bob"]
