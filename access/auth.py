@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hashlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
@@ -18,11 +20,19 @@ import orjson
 from auditcast.access.ca import CertificateAuthority, load_ca
 from auditcast.access.inventory import load_clusters, load_nodes
 from auditcast.access.lock_model import Lock, LockSubject
-from auditcast.access.oidc import IDTokenVerifier, discover
+from auditcast.access.oidc import LEEWAY_S, IDTokenVerifier, discover
 from auditcast.access.publish import Publisher
 from auditcast.access.roles import Access, effective_access, load_roles_file, roles_for_groups
 from auditcast.access.tokens import SESSION_AUDIENCE, TokenClaims, issue_token
-from auditcast.errors import AccessDenied, ConfigError, Locked, MFARequired, NotFound
+from auditcast.errors import (
+    AccessDenied,
+    AccessError,
+    ConfigError,
+    InvalidToken,
+    Locked,
+    MFARequired,
+    NotFound,
+)
 from auditcast.events import Event, Identity, Source, format_time
 from auditcast.settings import Settings
 from auditcast.topics import IDENTITIES
@@ -32,7 +42,33 @@ log = logging.getLogger(__name__)
 # A per-session MFA credential is good for starting one session, not for an afternoon.
 MFA_CREDENTIAL_TTL: Final = dt.timedelta(minutes=1)
 
+# One ID token, one sign-in: a token copied from a log or a proxy cannot mint a second
+# session. Remembered until it expires (plus the verifier's leeway); bounded so a flood of
+# sign-ins cannot grow memory without end (at the bound, sign-in is refused, not opened).
+MAX_SPENT_ID_TOKENS: Final = 100_000
+
 LockCheck = Callable[[LockSubject], Awaitable[Lock | None]]
+
+
+class SpentIDTokens:
+    """ID tokens already exchanged for a session in this process, until they expire."""
+
+    def __init__(self, limit: int = MAX_SPENT_ID_TOKENS) -> None:
+        self.limit = limit
+        self._until: dict[bytes, float] = {}
+
+    def spend(self, id_token: str, exp: float, *, now: float | None = None) -> None:
+        """Remember the token, or raise InvalidToken when it was spent before."""
+        now = time.time() if now is None else now
+        digest = hashlib.sha256(id_token.encode()).digest()
+        until = self._until.get(digest)
+        if until is not None and until >= now:
+            raise InvalidToken("ID token was already used to sign in (replayed)")
+        if len(self._until) >= self.limit:
+            self._until = {k: v for k, v in self._until.items() if v >= now}
+            if len(self._until) >= self.limit:
+                raise AccessError("too many sign-ins in flight", hint="try again in a minute")
+        self._until[digest] = exp + LEEWAY_S
 
 
 def identity_of(claims: TokenClaims) -> Identity:
@@ -63,6 +99,7 @@ class AuthService:
         self.lock_check = lock_check
         self.ca: CertificateAuthority = load_ca(settings)
         self._verifier: IDTokenVerifier | None = None
+        self.spent = SpentIDTokens()
         self._verifier_lock = asyncio.Lock()
 
     async def verifier(self) -> IDTokenVerifier:
@@ -103,6 +140,7 @@ class AuthService:
         web session token."""
         verifier = await self.verifier()
         sso = await asyncio.to_thread(verifier.verify, id_token, nonce=nonce)
+        self.spent.spend(id_token, float(sso["exp"]))
         user = str(sso.get(self.settings.oidc_username_claim) or sso["sub"])
         raw_groups = sso.get(self.settings.oidc_groups_claim) or []
         groups = [str(g) for g in (raw_groups if isinstance(raw_groups, list) else [raw_groups])]

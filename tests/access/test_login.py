@@ -227,6 +227,10 @@ def test_forged_and_invalid_id_tokens_are_refused_with_a_reason(access_api) -> N
     # the genuine token signed with the IdP's key is accepted: the checks above are real
     ok = httpx.post(f"{access_api.url}/v1/auth/login", json={"id_token": good}, timeout=10)
     assert ok.status_code == 200 and ok.json()["user"] == "bob"
+    # ... once: the same ID token presented again is a replay
+    again = httpx.post(f"{access_api.url}/v1/auth/login", json={"id_token": good}, timeout=10)
+    assert again.status_code == 401 and "already used" in again.json()["error"]
+    cases["replayed"] = (good, "already used")
     events = asyncio.run(
         read_topic(access_api.settings, EVENTS_RAW, lambda g: len(g) >= len(cases) + 1)
     )
