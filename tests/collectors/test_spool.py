@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import AIOKafkaAdminClient
 
 from auditcast.broker import EmbeddedBroker
 from auditcast.collectors._spool_record import decode_records
@@ -196,6 +197,29 @@ async def test_a_restarted_collector_replays_what_a_dead_broker_acknowledged(
     assert first_seen(got) == [e.id for e in events]
     # on the same broker a second drain has nothing to replay
     assert await drain_all(s, follow=False, idle_exit_s=2) == 0
+
+
+async def test_topics_deleted_on_the_same_broker_are_recreated_and_replayed(
+    own_broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    s = settings_on(own_broker.bootstrap, tmp_path)
+    spool = Spool(s, "gw")
+    await spool.start()
+    events = kube_events(20, user="frank")
+    for e in events:
+        spool.append_event(e)
+    assert await spool.flush(20)
+    admin = AIOKafkaAdminClient(bootstrap_servers=own_broker.bootstrap)
+    await admin.start()
+    try:
+        await admin.delete_topics([topic(s, EVENTS_RAW)])
+    finally:
+        await admin.close()
+    await eventually(lambda: spool.stats.replayed_records >= 20, what="replay after deletion")
+    assert await spool.flush(20)
+    await spool.close()
+    got = [decode_event(v).id for v in await read_topic(s, EVENTS_RAW, 20)]
+    assert first_seen(got) == [e.id for e in events]
 
 
 async def test_retention_window_drops_old_history(make_settings) -> None:
