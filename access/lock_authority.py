@@ -91,6 +91,9 @@ class LockAuthority:
             self._index.put(lock)
         self._cluster_id: str | None = None
         self._needs_republish = True
+        # Tombstones the broker did not take yet: retried by the watcher, or a view on a
+        # broker that only blinked would keep the removed lock until it expires.
+        self._pending_tombstones: set[str] = set()
         self._task: asyncio.Task[None] | None = None
 
     # -- lifecycle --------------------------------------------------------------------
@@ -184,9 +187,8 @@ class LockAuthority:
         try:
             await self.publisher.send(LOCKS, name.encode(), None)
         except BrokerUnavailable as e:
-            # The watcher's republish carries only live locks; a view that kept this one
-            # drops it when its grace window ends or the lock expires.
-            log.warning("tombstone for lock %s not published: %s", name, e)
+            log.warning("tombstone for lock %s not published yet: %s", name, e)
+            self._pending_tombstones.add(name)
         await self.publisher.emit_quietly(
             lock_event("lock.deleted", lock, by, reason=reason, deleted_by=by)
         )
@@ -228,6 +230,10 @@ class LockAuthority:
             n = await self.republish()
             self._needs_republish = False
             log.info("republished %d active locks", n)
+        for name in sorted(self._pending_tombstones):
+            if name not in self._index.locks:  # not re-created meanwhile
+                await self.publisher.send(LOCKS, name.encode(), None)
+            self._pending_tombstones.discard(name)
         await self.expire()
 
     async def _watch(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -229,3 +230,27 @@ async def test_lock_is_seen_by_a_view_in_another_process_within_100ms(settings: 
     # the median, so one scheduling hiccup on a shared CI core does not decide it;
     # tests/bench/bench_locks.py reports the p99 over 200 locks
     assert sorted(latencies)[len(latencies) // 2] < 0.1, latencies
+
+
+async def test_lock_removed_while_the_broker_is_away_is_tombstoned_when_it_answers(
+    own_broker: tuple[EmbeddedBroker, Settings],
+) -> None:
+    broker, s = own_broker
+    authority = await LockAuthority(s, watch_interval=0.2).start()
+    view = await LockView(s, poll_interval=0.2).start()
+    subject = LockSubject.of(user="frank")
+    try:
+        await authority.create(new_lock(LockTargets(user="frank"), ttl=None, name="blink"))
+        await wait_for(lambda: view.check(subject) is not None, 5, "the lock")
+        proc = broker.proc
+        assert proc is not None
+        proc.send_signal(signal.SIGSTOP)  # the same broker, unreachable for a while
+        try:
+            await authority.delete("blink", by="admin")  # row gone, tombstone not sent
+            assert authority.check(subject) is None
+        finally:
+            proc.send_signal(signal.SIGCONT)
+        await wait_for(lambda: view.check(subject) is None, 20, "the late tombstone")
+    finally:
+        await view.stop()
+        await authority.stop()
