@@ -23,7 +23,7 @@ from auditcast.settings import Settings
 from auditcast.topics import EVENTS_RAW, LOCKS, topic
 from tests.access._lock_fixtures import Watcher
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = pytest.mark.timeout(150)
 
 
 @pytest.fixture
@@ -250,7 +250,7 @@ async def test_lock_removed_while_the_broker_is_away_is_tombstoned_when_it_answe
             assert authority.check(subject) is None
         finally:
             proc.send_signal(signal.SIGCONT)
-        await wait_for(lambda: view.check(subject) is None, 20, "the late tombstone")
+        await wait_for(lambda: view.check(subject) is None, 45, "the late tombstone")
     finally:
         await view.stop()
         await authority.stop()
