@@ -11,15 +11,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
-from auditcast.errors import MalformedMessage
+from auditcast.errors import BrokerUnavailable, MalformedMessage
 from auditcast.events import Frame, decode_event, decode_frames
-from auditcast.kafka import start_consumer, start_producer
+from auditcast.kafka import cluster_info, resolve_bootstrap, start_consumer, start_producer
 from auditcast.settings import Settings
 from auditcast.storage.recordings import RecordingStore
 from auditcast.storage.sqlite import SQLiteAuditStore
@@ -34,6 +35,9 @@ MAX_POLL_RECORDS: Final = 5000
 RETRY_S: Final = 2.0
 # How long an idle poll waits; short enough that stop and readiness feel immediate.
 POLL_MS: Final = 500
+# How often the broker's cluster id is checked (at most one restart window without it).
+CLUSTER_CHECK_S: Final = 1.0
+STOP_TIMEOUT_S: Final = 5.0
 
 
 @dataclass
@@ -108,6 +112,10 @@ async def _consume(settings: Settings, route: Route, stats: SinkStats) -> None:
         consumer = producer = None
         pending: asyncio.Future[None] | None = None
         try:
+            log.info("store consumer for %s connecting", route.topic, extra={"topic": route.topic})
+            bootstrap = resolve_bootstrap(settings)
+            cluster = (await cluster_info(bootstrap)).cluster_id
+            checked = time.monotonic()
             producer = await start_producer(settings)
             consumer = await start_consumer(
                 settings, [route.topic], group_id=route.group, max_poll_records=MAX_POLL_RECORDS
@@ -116,6 +124,14 @@ async def _consume(settings: Settings, route: Route, stats: SinkStats) -> None:
             route.on_ready()
             offsets: dict[TopicPartition, int] = {}
             while True:
+                if time.monotonic() - checked >= CLUSTER_CHECK_S:
+                    # The embedded broker forgets everything when it restarts: positions
+                    # and commits of the old one would skip the new log's start. Never
+                    # commit across that: start over from the new broker's earliest.
+                    now_id = (await cluster_info(bootstrap, timeout=5.0)).cluster_id
+                    if now_id != cluster:
+                        raise BrokerUnavailable(f"broker changed ({cluster} -> {now_id})")
+                    checked = time.monotonic()
                 batches = await consumer.getmany(timeout_ms=0 if pending else POLL_MS)
                 records = [r for recs in batches.values() for r in recs]
                 batch = await route.parse(records, dead) if records else None
@@ -136,15 +152,28 @@ async def _consume(settings: Settings, route: Route, stats: SinkStats) -> None:
             log.warning(
                 "store consumer for %s restarting: %s", route.topic, e, extra={"topic": route.topic}
             )
-            await asyncio.sleep(RETRY_S)
         finally:
             if pending is not None:  # never leave a write running behind a new consumer
                 with contextlib.suppress(Exception):
                     await asyncio.shield(pending)
-            for client in (consumer, producer):
-                if client is not None:
-                    with contextlib.suppress(Exception):
-                        await client.stop()
+            await _stop(consumer, producer)
+        await asyncio.sleep(RETRY_S)
+
+
+async def _stop(*clients: AIOKafkaConsumer | AIOKafkaProducer | None) -> None:
+    """Stop clients without hanging on a broker that is gone (leaving a group whose
+    coordinator vanished can retry for ever); uncommitted work is redelivered anyway."""
+    tasks = [asyncio.ensure_future(c.stop()) for c in clients if c is not None]
+    if not tasks:
+        return
+    # asyncio.wait, not wait_for: wait_for would wait for a cancelled stop() to unwind.
+    done, late = await asyncio.wait(tasks, timeout=STOP_TIMEOUT_S)
+    for t in done:
+        if not t.cancelled() and t.exception() is not None:
+            log.debug("client stop failed: %s", t.exception())
+    for t in late:
+        t.add_done_callback(lambda t: t.cancelled() or t.exception())
+        log.warning("a Kafka client did not stop within %.0f s; left behind", STOP_TIMEOUT_S)
 
 
 class StoreSink:

@@ -134,3 +134,49 @@ def test_unknown_session_is_a_clear_error(make_settings, cli_env) -> None:
     out = subprocess.run([AUDITCAST, "export", "nope", "-o", os.devnull], env=cli_env(s),
                          capture_output=True, text=True)  # fmt: skip
     assert out.returncode == 6 and "no audit log yet" in out.stderr
+
+
+def test_store_survives_a_broker_restart_and_replays_are_harmless(tmp_path, cli_env) -> None:
+    """Our own embedded broker (not the session one): stopped, restarted empty on the
+    same port; the store reconnects, reads the new log from its start, and the spool-like
+    replay of the old events makes no second row."""
+    from auditcast.broker import EmbeddedBroker
+    from auditcast.kafka import ensure_topics
+
+    broker = EmbeddedBroker(log_path=tmp_path / "tansu.log")
+    asyncio.run(broker.start())
+    s = Settings(home=tmp_path / "home", kafka=broker.bootstrap, topic_prefix="rs.")
+    asyncio.run(ensure_topics(s))
+    log = open(tmp_path / "store.log", "wb")
+    proc = subprocess.Popen([AUDITCAST, "store"], env=cli_env(s), stdout=log, stderr=log)
+    try:
+        assert wait_for(lambda: (s.run_dir / "store.ready").exists(), 40)
+        before = [Event(type="user.login", user=f"u{i}") for i in range(3)]
+        frames = [Frame(session_id="rs-1", seq=i, t=i / 10, kind="o", data=b"%d\n" % i)
+                  for i in range(4)]  # fmt: skip
+        asyncio.run(produce(s, [(EVENTS_AUDIT, b"k", e.to_json()) for e in before]
+                            + [(SESSION_FRAMES, b"rs-1", encode_frames(frames[:2]))]))  # fmt: skip
+        assert wait_for(lambda: rows(s) == 3)
+
+        broker.stop()
+        time.sleep(2.0)  # the store notices the broker is gone
+        asyncio.run(broker.start())  # same port, empty, new cluster id
+        asyncio.run(ensure_topics(s))
+        after = [Event(type="user.login", user="late")]
+        exit_frame = Frame(session_id="rs-1", seq=4, t=0.5, kind="x", data=b"0")
+        replay = encode_frames([*frames, exit_frame])  # frames 0-1 again, as a spool would
+        asyncio.run(produce(s, [(EVENTS_AUDIT, b"k", e.to_json()) for e in before + after]
+                            + [(SESSION_FRAMES, b"rs-1", replay)]))  # fmt: skip
+        assert wait_for(lambda: rows(s) == 4, 60), (tmp_path / "store.log").read_text()[-3000:]
+        time.sleep(1.0)
+        assert rows(s) == 4 and proc.poll() is None
+        raw = tmp_path / "rs.raw"
+        done = subprocess.run([AUDITCAST, "export", "rs-1", "--raw", "-o", str(raw)],
+                              env=cli_env(s), capture_output=True)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert raw.read_bytes() == b"0\n1\n2\n3\n"  # each frame once, in order
+    finally:
+        proc.terminate()
+        proc.wait(15)
+        log.close()
+        broker.stop()

@@ -45,8 +45,8 @@ def test_session_row_merges_start_and_end_in_any_order(tmp_path: Path) -> None:
 
 def test_search_filters_text_and_cursor_paging(tmp_path: Path) -> None:
     store = SQLiteAuditStore(tmp_path / "a.db")
-    docs = [Event(type="kube.request", user=f"u{i % 3}", request_path=f"/api/v1/pods/p{i}").to_dict()
-            for i in range(25)]  # fmt: skip
+    docs = [Event(type="kube.request", user=f"u{i % 3}",
+                  request_path=f"/api/v1/pods/p{i}").to_dict() for i in range(25)]  # fmt: skip
     docs.append(Event(type="ssh.exec", user="u0", command="cat /etc/shadow").to_dict())
     store.add_many(docs)
     assert len(store.search(EventQuery(user="u0", limit=100)).items) == 10
