@@ -248,20 +248,3 @@ def test_recorded_session_reaches_the_audit_log_attributed_to_the_os_user(up: Up
     assert end["identity"]["user"] == end["user"]
     assert "duration" in end
     assert output == b"hello\r\n"
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("failure", ["killed", "stopped", "paused"])
-def test_broker_failure_mid_recording_the_pipeline_still_gets_the_whole_session(
-    up: Up, failure: str
-) -> None:
-    """Before the stores: what reaches the (new) broker's audit log and frames topic."""
-    if up.service("spool")["state"] == "not available":
-        pytest.skip("spool drainer not built yet")
-    session_id = _record_through_broker_failure(up, failure)
-    events, output = _read_session_from_topics(up, session_id, timeout=LANDING_TIMEOUT_S)
-    types = Counter(e["type"] for e in events)
-    assert types["session.start"] == 1 and types["session.end"] == 1, (types, up.status())
-    end = next(e for e in events if e["type"] == "session.end")
-    assert end["exit_code"] == 0 and end["identity"]["user"] == end["user"]
-    assert output == _expected_lines(LINES)
