@@ -145,6 +145,17 @@ def access_api_with(
         yield api
 
 
+def fresh_code(secret: str) -> str:
+    """A TOTP code for a session right after enrolment: the NEXT step's code. Enrolment
+    spends the current step's; the server accepts one step ahead, and a step boundary
+    passing between here and the server cannot make it stale."""
+    import pyotp
+
+    from auditcast.access.mfa import STEP_S
+
+    return str(pyotp.TOTP(secret).at(time.time() + STEP_S))
+
+
 def main() -> None:
     mode, bootstrap, prefix = sys.argv[1:4]
     settings = Settings(kafka=bootstrap, topic_prefix=prefix)

@@ -21,6 +21,7 @@ from auditcast.access.mfa import (
 from auditcast.errors import MFAInvalid, MFARequired
 from auditcast.settings import Settings
 from auditcast.topics import EVENTS_RAW, topic
+from tests.access._lock_fixtures import fresh_code
 
 T0 = 1_800_000_000.0  # a fixed instant, on a step boundary's far side
 
@@ -77,8 +78,8 @@ async def events_of(settings: Settings) -> list[dict[str, object]]:
 async def enrolled(settings: Settings, user: str = "alice") -> tuple[MFAService, str]:
     service = MFAService(settings)
     secret = new_secret()
-    # enrolment spends its confirming code: use the previous step's, keep the current one
-    await service.enrol(user, "phone", secret, pyotp.TOTP(secret).at(time.time() - STEP_S))
+    # enrolment spends its confirming code (this step's); sessions use the next step's
+    await service.enrol(user, "phone", secret, pyotp.TOTP(secret).now())
     return service, secret
 
 
@@ -92,7 +93,7 @@ def wrong_code(secret: str) -> str:
 async def test_totp_code_is_accepted_once_and_refused_on_replay(settings: Settings) -> None:
     service, secret = await enrolled(settings)
     try:
-        code = pyotp.TOTP(secret).now()
+        code = fresh_code(secret)
         await verify_session_mfa("alice", code, service=service, session_id="s-1")
         with pytest.raises(MFAInvalid, match="already used"):
             await verify_session_mfa("alice", code, service=service, session_id="s-2")
@@ -110,7 +111,7 @@ async def test_totp_code_is_accepted_once_and_refused_on_replay(settings: Settin
 
 async def test_wrong_code_is_refused_and_logged_as_auth_failed(settings: Settings) -> None:
     service, secret = await enrolled(settings)
-    right = pyotp.TOTP(secret).now()
+    right = fresh_code(secret)
     wrong = wrong_code(secret)
     try:
         with pytest.raises(MFAInvalid, match="wrong MFA code"):

@@ -20,7 +20,7 @@ from auditcast.access.cli_mfa import terminal_qr
 from auditcast.access.mfa import STEP_S, new_secret
 from auditcast.settings import Settings
 from auditcast.topics import EVENTS_RAW, topic
-from tests.access._lock_fixtures import AUDITCAST
+from tests.access._lock_fixtures import AUDITCAST, fresh_code
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -89,8 +89,8 @@ def test_mfa_add_shows_uri_and_qr_asks_a_code_and_a_wrong_one_enrols_nothing(
     assert "error: wrong MFA code" in res.stderr
     assert mfa_cli(bob, "ls").stdout.strip().startswith("no MFA devices")
 
-    # the code of the previous step: the current one stays fresh for a session
-    first = pyotp.TOTP(secret).at(time.time() - STEP_S)
+    # enrolment spends this step's code; a session uses the next step's (fresh_code)
+    first = pyotp.TOTP(secret).now()
     res = mfa_cli(bob, "add", "--name", "phone", "--secret", secret, stdin=first + "\n")
     assert res.returncode == 0, res.stderr
     assert f"otpauth://totp/auditcast:bob?secret={secret}&issuer=auditcast" in res.stdout
@@ -109,12 +109,12 @@ async def test_session_code_verified_once_then_refused_and_failures_audited(
         base_url=f"{access_api.url}/v1",
         headers={"Authorization": f"Bearer {session_token(bob)}"},
     ) as client:
-        first = pyotp.TOTP(secret).at(time.time() - STEP_S)
+        first = pyotp.TOTP(secret).now()
         r = await client.post(
             "/mfa/devices", json={"name": "phone", "secret": secret, "code": first}
         )
         assert r.status_code == 201, r.text
-        code = pyotp.TOTP(secret).now()
+        code = fresh_code(secret)
         r = await client.post("/mfa/verify", json={"code": code, "session_id": "sess-1"})
         assert r.status_code == 200 and r.json()["verified"] is True
         r = await client.post("/mfa/verify", json={"code": code, "session_id": "sess-2"})

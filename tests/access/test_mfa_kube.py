@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,10 +15,10 @@ import pyotp
 import pytest
 import yaml
 
-from auditcast.access.mfa import STEP_S, new_secret
+from auditcast.access.mfa import new_secret
 from auditcast.access.roles import EXAMPLE_ROLES
 from auditcast.broker import EmbeddedBroker
-from tests.access._lock_fixtures import AUDITCAST, access_api_with
+from tests.access._lock_fixtures import AUDITCAST, access_api_with, fresh_code
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -61,12 +60,12 @@ def test_mfa_role_gets_one_minute_token_per_fresh_code_and_a_code_works_once(
     secret = new_secret()
     enrol = subprocess.run(
         [AUDITCAST, "mfa", "add", "--no-qr", "--secret", secret, "--code",
-         pyotp.TOTP(secret).at(time.time() - STEP_S)],
+         pyotp.TOTP(secret).now()],
         env=bob.env, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert enrol.returncode == 0, enrol.stderr
 
-    code = pyotp.TOTP(secret).now()
+    code = fresh_code(secret)
     ok = kube_credentials(bob, code)
     assert ok.returncode == 0, ok.stderr
     cred = json.loads(ok.stdout)
