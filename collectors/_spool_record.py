@@ -17,9 +17,13 @@ one bad record never stops a drain.
 from __future__ import annotations
 
 import struct
-import zlib
 from dataclasses import dataclass, field
 from typing import Final
+
+try:  # ISA-L computes the same CRC-32 as zlib ~8x faster (SIMD); zlib is the fallback
+    from isal.isal_zlib import crc32
+except ImportError:  # pragma: no cover - isal is a dependency, zlib always works
+    from zlib import crc32
 
 MAGIC: Final = b"AS"
 _HEADER = struct.Struct(">2sIHII")
@@ -62,7 +66,7 @@ def encode_record(topic: str, key: bytes, value: bytes) -> bytes:
     if len(t) > MAX_TOPIC_BYTES:
         raise ValueError(f"topic name of {len(t)} bytes is longer than Kafka allows")
     lengths = _LENGTHS.pack(len(t), len(key), len(value))
-    crc = zlib.crc32(value, zlib.crc32(key, zlib.crc32(t, zlib.crc32(lengths))))
+    crc = crc32(value, crc32(key, crc32(t, crc32(lengths))))
     return b"".join((_HEADER.pack(MAGIC, crc, len(t), len(key), len(value)), t, key, value))
 
 
@@ -117,7 +121,7 @@ def decode_records(buf: bytes | memoryview, base: int = 0, final: bool = False) 
         t = view[pos + HEADER_SIZE : pos + HEADER_SIZE + tlen]
         k = view[pos + HEADER_SIZE + tlen : pos + HEADER_SIZE + tlen + klen]
         v = view[pos + HEADER_SIZE + tlen + klen : end]
-        if zlib.crc32(v, zlib.crc32(k, zlib.crc32(t, zlib.crc32(lengths)))) != crc:
+        if crc32(v, crc32(k, crc32(t, crc32(lengths)))) != crc:
             pos = skip("checksum mismatch")
             continue
         try:

@@ -75,6 +75,10 @@ SEGMENT_MAX_AGE_S: Final = 60.0
 SEND_BATCH_RECORDS: Final = 5000
 SEND_BATCH_BYTES: Final = 8 * 1024 * 1024
 assert SEND_BATCH_BYTES >= MAX_RECORD_BYTES  # a read always holds at least one record
+# A record appended while the sender has read everything before it is also handed to
+# the sender in memory, so it is not read back and checksummed again; up to this many
+# bytes wait that way per segment, beyond that the sender reads them from the file.
+HANDOFF_MAX_BYTES: Final = SEND_BATCH_BYTES
 # A batch the broker neither acks nor fails in this time is retried on a new connection.
 SEND_TIMEOUT_S: Final = 30.0
 # Retry backoff while the broker is away: quick to notice its return, gentle on a
@@ -123,6 +127,8 @@ class _Segment:
     created: float = field(default_factory=time.monotonic)
     pending_since: float | None = None
     queue: list[SpoolRecord] = field(default_factory=list)
+    queued_bytes: int = 0  # segment bytes the records in `queue` span
+    filling: bool = False  # a worker thread is reading it into `queue`
 
     @property
     def pending(self) -> bool:
@@ -248,6 +254,8 @@ class Spool:
         self._unreported_refusals = 0
         self._away_since: float | None = None
         self._topics = [topic(settings, EVENTS_RAW), topic(settings, SESSION_FRAMES)]
+        # One packer for the frame batches: packb would allocate its buffer per batch.
+        self._packer = msgpack.Packer(use_bin_type=True)
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -321,7 +329,7 @@ class Spool:
         """`append_frames` for records already in `Frame.to_record()` shape (the
         recorder's hot path skips building models); the same bytes on the wire."""
         if records:
-            value = msgpack.packb(records, use_bin_type=True)
+            value = self._packer.pack(records)
             self.append(SESSION_FRAMES, session_id.encode(), value)
 
     def _append(self, full_topic: str, key: bytes, value: bytes, *, check_cap: bool) -> None:
@@ -354,7 +362,17 @@ class Spool:
             with contextlib.suppress(OSError):  # never leave half a record behind
                 os.ftruncate(seg.fd, seg.size)
             raise SpoolError(f"cannot write to spool {seg.path}: {e}") from None
-        seg.size += len(rec)
+        end = seg.size + len(rec)
+        if (
+            not seg.filling
+            and seg.read == seg.size
+            and seg.queued_bytes + len(rec) <= HANDOFF_MAX_BYTES
+        ):
+            # The sender has everything before this record: hand it over as it is.
+            seg.queue.append(SpoolRecord(full_topic, key, value, end))
+            seg.queued_bytes += len(rec)
+            seg.read = end
+        seg.size = end
         seg.records += 1
         if seg.pending_since is None:
             seg.pending_since = time.monotonic()
@@ -524,7 +542,7 @@ class Spool:
     def _reset(self, seg: _Segment) -> None:
         """Send the segment again from its start: its broker forgot it."""
         self._stats.replayed_records += seg.acked_records
-        seg.acked = seg.read = seg.acked_records = 0
+        seg.acked = seg.read = seg.acked_records = seg.queued_bytes = 0
         seg.queue.clear()
         seg.replayed = True
         seg.pending_since = time.monotonic()
@@ -731,6 +749,7 @@ class Spool:
                 },
             )
         seg.queue.extend(decoded.records)
+        seg.queued_bytes += decoded.consumed - seg.read
         seg.read = decoded.consumed
 
     async def _send_some(self) -> int:
@@ -738,7 +757,11 @@ class Spool:
         assert self._producer is not None
         for seg in list(self._segments):
             if not seg.queue and seg.read < seg.size:
-                await asyncio.to_thread(self._fill_queue, seg)
+                seg.filling = True  # appends meanwhile stay on disk for the next read
+                try:
+                    await asyncio.to_thread(self._fill_queue, seg)
+                finally:
+                    seg.filling = False
             if not seg.queue:
                 if seg.acked < seg.read:  # only corrupt bytes were left
                     seg.acked = seg.read
@@ -753,6 +776,7 @@ class Spool:
             del seg.queue[: len(batch)]
             # With the queue empty, corrupt bytes after the last record are done too.
             seg.acked = batch[-1].end if seg.queue else seg.read
+            seg.queued_bytes = seg.read - seg.acked
             seg.acked_records += len(batch)
             seg.cluster = self._cluster_id
             await asyncio.to_thread(_write_ack, seg.path, seg.acked, seg.cluster)

@@ -110,6 +110,30 @@ async def test_appended_events_and_frames_reach_their_topics(make_settings, fsyn
     assert len(batches) == 1 and decode_frames(batches[0]) == frames
 
 
+async def test_bursts_past_the_in_memory_handoff_arrive_once_in_order(
+    make_settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Appends are handed to the sender in memory while it keeps up, and read back
+    from the file when it falls behind: bursts that switch between the two ways many
+    times lose, repeat and reorder nothing."""
+    import auditcast.collectors.spool as spool_mod
+
+    monkeypatch.setattr(spool_mod, "HANDOFF_MAX_BYTES", 4096)
+    s = await asyncio.to_thread(make_settings)
+    spool = Spool(s, "gw")
+    await spool.start()
+    events = kube_events(3000)
+    for i, e in enumerate(events):
+        spool.append_event(e)
+        if i % 250 == 0:
+            await asyncio.sleep(0.02)  # let the sender catch up, then fall behind again
+    assert await spool.flush(30)
+    assert spool.stats.sent_records == 3000
+    await spool.close()
+    got = [decode_event(v).id for v in await read_topic(s, EVENTS_RAW, 3000)]
+    assert got == [e.id for e in events]
+
+
 async def test_appends_never_wait_for_the_broker(tmp_path: Path) -> None:
     """No broker at all: appending is a local write, the records wait on disk."""
     s = settings_on(UNREACHABLE, tmp_path)

@@ -113,3 +113,17 @@ def test_random_garbage_never_raises() -> None:
 def test_topic_longer_than_kafka_allows_is_refused() -> None:
     with pytest.raises(ValueError, match="longer than Kafka allows"):
         encode_record("t" * 300, b"", b"")
+
+
+def test_checksum_is_plain_crc32_so_segments_of_older_writers_still_decode() -> None:
+    """The fast CRC (ISA-L) must give zlib's CRC-32: a segment written before the
+    switch, or by a host without ISA-L, decodes the same."""
+    import struct
+    import zlib
+
+    topic, key, value = "t", b"key", bytes(range(256)) * 200
+    lengths = struct.pack(">HII", len(topic), len(key), len(value))
+    crc = zlib.crc32(value, zlib.crc32(key, zlib.crc32(topic.encode(), zlib.crc32(lengths))))
+    rec = encode_record(topic, key, value)
+    assert rec[2:6] == struct.pack(">I", crc)
+    assert decode_records(rec, final=True).records[0].value == value
