@@ -43,6 +43,8 @@ CHUNK_BYTES: Final = 1024 * 1024
 # Level 12: compaction runs once per session, off the hot path; worth the extra ratio.
 ZSTD_LEVEL: Final = 12
 _LEN = struct.Struct(">I")
+# Session ids are UUIDs (36) in practice; the bound keeps paths well under NAME_MAX.
+MAX_SESSION_ID: Final = 128
 
 
 @dataclass(frozen=True)
@@ -108,11 +110,19 @@ class RecordingStore:
         root.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
 
+    @staticmethod
+    def valid_session_id(session_id: str) -> bool:
+        """Usable as a directory name: letters, digits, `-_.`, not `.`/`..`, bounded."""
+        return (
+            0 < len(session_id) <= MAX_SESSION_ID
+            and session_id.strip(".") != ""
+            and all(c.isascii() and (c.isalnum() or c in "-_.") for c in session_id)
+        )
+
     def dir_for(self, session_id: str) -> Path:
-        safe = "".join(c for c in session_id if c.isalnum() or c in "-_.")
-        if not safe or safe != session_id:
+        if not self.valid_session_id(session_id):
             raise ValueError(f"unsafe session id {session_id!r}")
-        return self.root / safe[:2] / safe
+        return self.root / session_id[:2] / session_id
 
     # ---------------------------------------------------------------- writes
 
@@ -305,10 +315,18 @@ def to_asciicast(
     timestamp: int | None = None,
     idle_time_limit: float | None = None,
 ) -> Iterator[str]:
-    """asciicast v2 lines (header first). asciicast is JSON text: output and input
-    bytes go through an incremental UTF-8 decoder per stream, so a character split
-    across frames survives, and bytes that are not UTF-8 become U+FFFD — use
-    `export --raw` for the exact bytes. The `x` frame has no v2 code: it ends the file."""
+    """asciicast v2 lines (header first), streamed.
+
+    asciicast is JSON text, so bytes must become text. Output and input go through an
+    incremental UTF-8 decoder per stream: a character split across frames is joined and
+    emitted with the frame that completes it, so valid UTF-8 round-trips exactly
+    (`asciinema cat` prints the very bytes the command wrote). Bytes that are not UTF-8
+    cannot be JSON text without a lossy or non-standard escape (lone surrogates break
+    `asciinema cat` and asciinema-player), so each maximal invalid sequence, as Python's
+    decoder delimits it (`errors="replace"`), becomes U+FFFD, which `asciinema cat`
+    prints as EF BF BD. The store itself is byte-exact: `auditcast play` and
+    `auditcast export --raw` write the original bytes. The `x` frame has no v2 code: it
+    ends the file."""
     header: dict[str, Any] = {"version": 2, "width": width, "height": height}
     if timestamp is not None:
         header["timestamp"] = timestamp

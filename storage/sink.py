@@ -16,10 +16,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
 from auditcast.errors import BrokerUnavailable, MalformedMessage
-from auditcast.events import Frame, decode_event, decode_frames
+from auditcast.events import Frame, decode_event, decode_frames, format_time
 from auditcast.kafka import cluster_info, resolve_bootstrap, start_consumer, start_producer
 from auditcast.settings import Settings
 from auditcast.storage.recordings import RecordingStore
@@ -51,10 +52,17 @@ class SinkStats:
 
 
 def parse_event_record(value: bytes | None) -> dict[str, Any]:
-    """Validate like the contract says, then keep the document as sent (extras intact)."""
+    """Validate like the contract says, then keep the document as sent (extras intact),
+    with the two fields the store relies on normalised: `time` as RFC 3339 UTC with a
+    `Z` (so text order is time order) and `code` filled from the type. Re-reading the
+    JSON costs a third of `Event.to_dict()`, which matters at 20,000 events/s."""
     if value is None:
         raise MalformedMessage("empty record (tombstone) on an event topic")
-    return decode_event(value).to_dict()
+    event = decode_event(value)
+    doc: dict[str, Any] = orjson.loads(value)
+    doc["time"] = format_time(event.time)
+    doc["code"] = event.code
+    return doc
 
 
 class DeadLetters:
@@ -66,7 +74,12 @@ class DeadLetters:
         log.warning(
             "malformed record sent to dead-letter: %s",
             error,
-            extra={"topic": rec.topic, "partition": rec.partition, "offset": rec.offset},
+            extra={
+                "topic": rec.topic,
+                "partition": rec.partition,
+                "offset": rec.offset,
+                "dead_lettered": self.stats.dead_lettered,
+            },
         )
         await self.producer.send_and_wait(
             topic(self.settings, DEAD_LETTER),
@@ -208,7 +221,11 @@ class StoreSink:
             try:
                 if r.value is None:
                     raise MalformedMessage("empty record (tombstone) on session.frames")
-                frames.extend(decode_frames(r.value))
+                batch = decode_frames(r.value)
+                for f in batch:  # a path-unsafe id would fail the write on every retry
+                    if not self.recordings.valid_session_id(f.session_id):
+                        raise MalformedMessage(f"unusable session id {f.session_id[:80]!r}")
+                frames.extend(batch)
             except MalformedMessage as e:
                 await dead.send(r, e.message)
         return frames

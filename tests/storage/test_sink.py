@@ -106,12 +106,17 @@ def test_duplicate_delivery_is_one_row_and_one_frame(store_proc, cli_env) -> Non
 def test_malformed_records_are_dead_lettered_and_the_store_keeps_going(store_proc) -> None:
     s, proc = store_proc
     good = Event(type="user.login", user="bob")
+    unsafe_id = encode_frames([Frame(session_id="../../etc", seq=0, t=0, kind="o", data=b"x")])
     bad = [
         (EVENTS_AUDIT, b"k", b"\x00not json"),
         (EVENTS_AUDIT, b"k", b'{"type": "session.start", "time": "yesterday"}'),
         (EVENTS_AUDIT, b"k", orjson.dumps({"id": "x", "type": "no.such"})),
         (SESSION_FRAMES, b"k", b"\xc1\xc1"),
         (SESSION_FRAMES, b"k", msgpack.packb([{"session_id": "s", "seq": "one"}])),
+        (SESSION_FRAMES, b"k", msgpack.packb([{"session_id": "s", "seq": 1}])),  # no t/kind/data
+        (EVENTS_AUDIT, b"k", orjson.dumps({"id": "no-type", "user": "bob"})),
+        (EVENTS_AUDIT, b"k", b"[1, 2, 3]"),
+        (SESSION_FRAMES, b"k", unsafe_id),
         (EVENTS_AUDIT, b"k", b'{"type":"user.login","pad":"' + b"x" * (1024 * 1024) + b'"}'),
     ]
     asyncio.run(produce(s, [*bad, (EVENTS_AUDIT, b"bob", good.to_json())]))
