@@ -311,24 +311,21 @@ class SQLiteAuditStore:
 
 
 def _search_text(doc: dict[str, Any]) -> str:
-    """The words of an event worth searching: every value, keys and identifiers left out."""
+    """The words of an event worth searching: every value, keys and identifiers left
+    out. A flat loop with exact type checks: this runs 20,000 times a second."""
     out: list[str] = []
-
-    def walk(v: Any) -> None:
-        if isinstance(v, str):
+    stack = [v for k, v in doc.items() if k not in _NOT_TEXT]
+    while stack:
+        v = stack.pop()
+        t = type(v)
+        if t is str:
             out.append(v)
-        elif isinstance(v, dict):
-            for x in v.values():
-                walk(x)
-        elif isinstance(v, list):
-            for x in v:
-                walk(x)
-        elif v is not None and not isinstance(v, bool):
+        elif t is dict:
+            stack.extend(v.values())
+        elif t is list:
+            stack.extend(v)
+        elif v is not None and t is not bool:
             out.append(str(v))
-
-    for k, v in doc.items():
-        if k not in _NOT_TEXT:
-            walk(v)
     return " ".join(out)
 
 
