@@ -23,7 +23,7 @@ import logging
 from collections import Counter
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import faust
 import orjson
@@ -149,16 +149,18 @@ class StreamsApp:
         )
         self.app.agent(self.events_raw, name="audit")(self._audit_agent)
         self.app.agent(self.session_frames, name="frames")(self._frames_agent)
-        self.app.on_rebalance_complete.connect(self._on_rebalance_complete)
+        # Faust types signal receivers as sync-or-awaitable with a `signal` keyword; ours
+        # take it through **kwargs.
+        self.app.on_rebalance_complete.connect(self._on_rebalance_complete)  # type: ignore[arg-type]
         self.app.task(self._start_identities)
-        self.app.on_before_shutdown.connect(self._stop_identities)
+        self.app.on_before_shutdown.connect(self._stop_identities)  # type: ignore[arg-type]
         self._assigned = asyncio.Event()
         self._identities_loaded = asyncio.Event()
 
     def topic_name(self, name: str) -> str:
         return topic(self.settings, name)
 
-    async def _on_rebalance_complete(self, sender: Any = None, **kwargs: Any) -> None:
+    async def _on_rebalance_complete(self, sender: Any, *args: Any, **kwargs: Any) -> None:
         assigned = self.app.consumer.assignment() if self.app.consumer else set()
         log.info(
             "partitions assigned and tables recovered",
@@ -180,7 +182,7 @@ class StreamsApp:
         if self._assigned.is_set():
             self.ready.set()
 
-    async def _stop_identities(self, sender: Any = None, **kwargs: Any) -> None:
+    async def _stop_identities(self, sender: Any, *args: Any, **kwargs: Any) -> None:
         await self.identities.stop()
         producer, self._producer = self._producer, None
         if producer is not None:
@@ -218,8 +220,10 @@ class StreamsApp:
 
     # --- agents ------------------------------------------------------------------
 
-    async def _audit_agent(self, stream: faust.StreamT) -> None:
-        async for batch in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
+    async def _audit_agent(self, stream: faust.StreamT[Any]) -> None:
+        async for batch in cast(faust.Stream[Any], stream).take_events(
+            BATCH_MAX, within=BATCH_WITHIN_S
+        ):
             await self.process_raw_batch(batch)
 
     async def process_raw_batch(self, batch: Sequence[EventT]) -> None:
@@ -272,8 +276,10 @@ class StreamsApp:
         # Durable output before the batch is acked (and so before its offsets commit).
         await asyncio.gather(*pending)
 
-    async def _frames_agent(self, stream: faust.StreamT) -> None:
-        async for batch in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
+    async def _frames_agent(self, stream: faust.StreamT[Any]) -> None:
+        async for batch in cast(faust.Stream[Any], stream).take_events(
+            BATCH_MAX, within=BATCH_WITHIN_S
+        ):
             await self.process_frames_batch(batch)
 
     async def process_frames_batch(self, batch: Sequence[EventT]) -> None:

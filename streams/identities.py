@@ -18,11 +18,11 @@ from typing import Final
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
-from auditcast.streams.attribution import parse_identity_record
 
 from auditcast.errors import BrokerUnavailable, MalformedMessage
 from auditcast.events import Identity
 from auditcast.kafka import CONNECT_TIMEOUT_S, consumer_config
+from auditcast.streams.attribution import parse_identity_record
 
 log = logging.getLogger("auditcast.streams.identities")
 

@@ -37,16 +37,16 @@ def on_event(summary: SessionSummary, event: Event) -> SessionSummary:
 
 
 def on_frames(summary: SessionSummary, frames: Iterable[Frame]) -> SessionSummary:
-    out = dict(summary)
-    count = out.get("frames", 0)
-    size = out.get("bytes", 0)
-    last = out.get("last_seq", -1)
+    count = summary.get("frames", 0)
+    size = summary.get("bytes", 0)
+    last = summary.get("last_seq", -1)
     for f in frames:
         count += 1
         size += len(f.data)
         last = max(last, f.seq)
-    out.update(frames=count, bytes=size, last_seq=last)
-    return out  # type: ignore[return-value]
+    out: SessionSummary = {**summary}
+    out["frames"], out["bytes"], out["last_seq"] = count, size, last
+    return out
 
 
 def enrich_end(event: Event, summary: SessionSummary) -> Event:

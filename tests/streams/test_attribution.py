@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import orjson
 import pytest
-from auditcast.streams.attribution import attribute, parse_identity_record
-from auditcast.streams.identities import IdentityView
 
 from auditcast.errors import MalformedMessage
 from auditcast.events import Event, Identity, Source
+from auditcast.streams.attribution import attribute, parse_identity_record
+from auditcast.streams.identities import IdentityView
 
 ALICE = Identity(user="alice", sso_subject="sub-1", groups=["dev"], roles=["developer"])
 

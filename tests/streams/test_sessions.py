@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from auditcast.streams import sessions
-
 from auditcast.events import Event, Frame
+from auditcast.streams import sessions
 
 T0 = datetime(2026, 11, 28, 12, 0, 0, tzinfo=UTC)
 
