@@ -18,8 +18,13 @@ from auditcast.cli._util import settings
 @click.option(
     "--idle-time-limit", type=float, default=None, help="Cap pauses at this many seconds."
 )
-def play(session_id: str, speed: float, idle_time_limit: float | None) -> None:
+@click.option("--no-wait", is_flag=True, help="Dump the output at once (same as --speed 0).")
+def play(session_id: str, speed: float, idle_time_limit: float | None, no_wait: bool) -> None:
     """Replay a session's output in this terminal, with its timing, byte-exact."""
+    if speed < 0:
+        raise click.BadParameter("must be 0 (no waiting) or more", param_hint="--speed")
+    if no_wait:
+        speed = 0
     from auditcast.replay.reading import output_frames
     from auditcast.storage.recordings import Frame
 

@@ -17,6 +17,7 @@ from typing import Any, Final
 
 import orjson
 
+from auditcast.errors import ConfigError
 from auditcast.events import Event, format_time
 from auditcast.storage.base import EventQuery, Page
 
@@ -165,7 +166,14 @@ class SQLiteAuditStore:
             self._db = sqlite3.connect(uri, uri=True, check_same_thread=False)
         else:
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-            self._db.executescript(SCHEMA)
+            try:
+                self._db.executescript(SCHEMA)
+            except sqlite3.OperationalError as e:  # an audit.db from an older layout
+                self._db.close()
+                raise ConfigError(
+                    f"the audit log at {path} has an older layout ({e})",
+                    hint="move it aside; the store rebuilds it from the broker's retention",
+                ) from None
             # WAL + NORMAL: a commit survives a process crash; only an OS crash can lose
             # the last transactions, which the broker still holds (offsets not committed).
             self._db.execute("PRAGMA synchronous=NORMAL")

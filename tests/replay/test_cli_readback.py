@@ -107,8 +107,13 @@ def test_play_keeps_timing_but_caps_idle_pauses(home: Settings) -> None:
 
 
 def test_play_speed_zero_dumps_exact_bytes_even_invalid_utf8(home: Settings) -> None:
-    out = cli(home, "play", "s-bob", "--speed", "0")
-    assert out.stdout == b"\xff\xfe raw \x1b[31mred\x1b[0m\r\n"
+    for args in (["--speed", "0"], ["--no-wait"]):
+        out = cli(home, "play", "s-bob", *args)
+        assert out.stdout == b"\xff\xfe raw \x1b[31mred\x1b[0m\r\n"
+    t0 = time.monotonic()
+    assert cli(home, "play", "s-alice", "--no-wait").stdout == b"hello\r\nafter a pause\r\n"
+    assert time.monotonic() - t0 < 4.0
+    assert cli(home, "play", "s-alice", "--speed", "-1").returncode == 2
 
 
 def test_export_plays_in_asciinema_and_marks_invalid_bytes(home: Settings, tmp_path: Path) -> None:
