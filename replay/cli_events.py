@@ -44,16 +44,16 @@ def search(
         print_json({"events": page.items, "next_cursor": page.next_cursor})
         return
     table = Table("time", "type", "code", "user", "session", "details")
-    for e in page.items:
+    for ev in page.items:
         details = " ".join(
-            f"{k}={e[k]}"
+            f"{k}={ev[k]}"
             for k in ("verb", "request_path", "command", "exit_code", "message")
-            if k in e
+            if k in ev
         )
         table.add_row(
-            e["time"][:23].replace("T", " "), e["type"], e["code"],
-            (e.get("identity") or {}).get("user") or e.get("user") or "",
-            (e.get("session_id") or "")[:13], details[:60],
+            ev["time"][:23].replace("T", " "), ev["type"], ev["code"],
+            (ev.get("identity") or {}).get("user") or ev.get("user") or "",
+            (ev.get("session_id") or "")[:13], details[:60],
         )  # fmt: skip
     console = Console()
     console.print(table)
