@@ -35,9 +35,10 @@ import zstandard
 from auditcast.errors import NotFound
 from auditcast.events import Frame
 
-# Seeking decompresses at most one chunk (<= CHUNK_BYTES raw). Long chunks give zstd
-# the context that makes interactive sessions compress well (prompts, repeated output).
-CHUNK_SECONDS: Final = 120.0
+# Seeking decompresses one chunk, and a chunk holds at most CHUNK_BYTES (1 MiB raw,
+# a few ms to decompress), so the time bound can be long: ten minutes of an interactive
+# session gives zstd the context (prompts, repeated output) that brings it to ~0.15x.
+CHUNK_SECONDS: Final = 600.0
 # A chunk is also cut at this many raw bytes so seeking inside a burst stays cheap.
 CHUNK_BYTES: Final = 1024 * 1024
 # Level 12: compaction runs once per session, off the hot path; worth the extra ratio.
