@@ -5,9 +5,13 @@ Layout under `recordings_dir/<id[:2]>/<id>/`:
 - `live.log` — frame batches as they arrive (length-prefixed msgpack), any order, maybe
   duplicated. Appending is all the consumer does on the hot path.
 - `frames.zst` + `index.json` — written once the session's `x` (exit) frame arrived:
-  frames deduplicated by `seq`, sorted, in independent zstd frames of about
-  `CHUNK_SECONDS` of session time each; the index maps each chunk's start time and first
-  seq to its byte offset, so a player can seek without decompressing from the start.
+  frames deduplicated by `seq`, sorted, packed column-wise, in independent zstd frames
+  of at most `CHUNK_BYTES` raw or `CHUNK_SECONDS` of session time; the index maps each
+  chunk's start time and first seq to its byte offset, so a player can seek without
+  decompressing from the start.
+
+Byte-exact: frame data is kept as raw bytes (msgpack bin) end to end; text appears only
+when exporting asciicast (see `to_asciicast` for what invalid UTF-8 becomes there).
   Frames that arrive after that (a spool replay, a late gap filler) are merged in by
   compacting again; pure duplicates are dropped without touching the file.
 
