@@ -61,13 +61,19 @@ class Decoded:
     corrupt: list[CorruptStretch] = field(default_factory=list)
 
 
-def encode_record(topic: str, key: bytes, value: bytes) -> bytes:
+def encode_head(topic: str, key: bytes, value: bytes) -> bytes:
+    """Everything of the record but `value` (header, topic, key): written with `value`
+    in one `os.writev`, a large value is not copied into a joined record first."""
     t = topic.encode()
     if len(t) > MAX_TOPIC_BYTES:
         raise ValueError(f"topic name of {len(t)} bytes is longer than Kafka allows")
     lengths = _LENGTHS.pack(len(t), len(key), len(value))
     crc = crc32(value, crc32(key, crc32(t, crc32(lengths))))
-    return b"".join((_HEADER.pack(MAGIC, crc, len(t), len(key), len(value)), t, key, value))
+    return b"".join((_HEADER.pack(MAGIC, crc, len(t), len(key), len(value)), t, key))
+
+
+def encode_record(topic: str, key: bytes, value: bytes) -> bytes:
+    return encode_head(topic, key, value) + value
 
 
 def decode_records(buf: bytes | memoryview, base: int = 0, final: bool = False) -> Decoded:

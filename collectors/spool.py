@@ -4,10 +4,11 @@ Every collector (`auditcast rec`, the kube and SSH gateways) writes events and f
 batches here first, so a broker outage never costs a record:
 
 - `append*` writes one checksummed record (`_spool_record`) to this process's own
-  segment file with one `os.write` (cheap enough for a PTY hot path) and wakes the
+  segment file with one `os.writev` (cheap enough for a PTY hot path) and wakes the
   sender. `spool_fsync`: `always` fsyncs each append, `batch` once per send batch (and
   every retry while the broker is away) in a worker thread, `never` leaves it to the OS.
-- The sender task reads segments back, sends batches with acks=all, and moves a
+- The sender task reads segments back (what is appended while it keeps up is handed
+  over in memory, up to HANDOFF_MAX_BYTES), sends batches with acks=all, and moves a
   per-segment ack offset (the `.ack` sidecar) only after the broker acknowledged every
   record before it.
 - Broker away: appends go on (up to `spool_max_bytes`, then `SpoolFull`, reported as a
@@ -50,7 +51,7 @@ from auditcast.collectors._spool_record import (
     MAX_RECORD_BYTES,
     SpoolRecord,
     decode_records,
-    encode_record,
+    encode_head,
 )
 from auditcast.errors import BrokerUnavailable, SpoolError, SpoolFull
 from auditcast.events import Event, Frame, Source, encode_frames
@@ -336,41 +337,42 @@ class Spool:
         seg = self._active
         if seg is None:
             raise SpoolError(f"spool {self.name} is not open for writing (call start() first)")
-        rec = encode_record(full_topic, key, value)
-        if len(rec) > MAX_REQUEST_BYTES:
+        head = encode_head(full_topic, key, value)
+        size = len(head) + len(value)
+        if size > MAX_REQUEST_BYTES:
             raise SpoolError(
-                f"record of {len(rec)} bytes for {full_topic} exceeds the "
+                f"record of {size} bytes for {full_topic} exceeds the "
                 f"{MAX_REQUEST_BYTES}-byte Kafka message limit"
             )
         if check_cap:
             pending = self.pending_bytes()
-            if pending + len(rec) > self.settings.spool_max_bytes:
+            if pending + size > self.settings.spool_max_bytes:
                 self._refuse(pending, full_topic)
-        if seg.size > 0 and seg.size + len(rec) > SEGMENT_MAX_BYTES:
+        if seg.size > 0 and seg.size + size > SEGMENT_MAX_BYTES:
             try:
                 seg = self._rotate()
             except OSError as e:
                 raise SpoolError(f"cannot start a new spool segment in {self.dir}: {e}") from None
         try:
-            written = os.write(seg.fd, rec)
-            if written != len(rec):
-                raise OSError(f"short write ({written} of {len(rec)} bytes)")
+            written = os.writev(seg.fd, (head, value))  # one append: O_APPEND, one call
+            if written != size:
+                raise OSError(f"short write ({written} of {size} bytes)")
             if self.settings.spool_fsync == "always":
                 os.fsync(seg.fd)
-                seg.synced = seg.size + len(rec)
+                seg.synced = seg.size + size
         except OSError as e:
             with contextlib.suppress(OSError):  # never leave half a record behind
                 os.ftruncate(seg.fd, seg.size)
             raise SpoolError(f"cannot write to spool {seg.path}: {e}") from None
-        end = seg.size + len(rec)
+        end = seg.size + size
         if (
             not seg.filling
             and seg.read == seg.size
-            and seg.queued_bytes + len(rec) <= HANDOFF_MAX_BYTES
+            and seg.queued_bytes + size <= HANDOFF_MAX_BYTES
         ):
             # The sender has everything before this record: hand it over as it is.
             seg.queue.append(SpoolRecord(full_topic, key, value, end))
-            seg.queued_bytes += len(rec)
+            seg.queued_bytes += size
             seg.read = end
         seg.size = end
         seg.records += 1
