@@ -22,16 +22,22 @@ def sessions() -> None:
 def ls(user: str | None, since_: str | None, limit: int, as_json: bool) -> None:
     """List sessions with their user, target, exit code and size."""
     from auditcast.replay.reading import audit_store
+    from auditcast.storage.recordings import RecordingStore
 
-    rows = audit_store(settings()).sessions(
-        user=user, since=since(since_) if since_ else None, limit=limit
-    )
+    s = settings()
+    rows = audit_store(s).sessions(user=user, since=since(since_) if since_ else None, limit=limit)
+    recordings = RecordingStore(s.recordings_dir)
     for r in rows:
         r["session_id"] = r["id"]
+        # the audit log and the recording arrive on separate topics: an ended session's
+        # recording may still be catching up (`live`) after a broker restart
+        r["recording"] = recordings.status(r["id"])
     if as_json:
         print_json(rows)
         return
-    table = Table("session", "start", "user", "kind", "target", "command", "exit", "out bytes")
+    table = Table(
+        "session", "start", "user", "kind", "target", "command", "exit", "out bytes", "recording"
+    )
     for r in rows:
         table.add_row(
             r["id"],
@@ -42,5 +48,6 @@ def ls(user: str | None, since_: str | None, limit: int, as_json: bool) -> None:
             (r["command"] or r["title"] or "")[:40],
             "" if r["exit_code"] is None else str(r["exit_code"]),
             "" if r["bytes_out"] is None else f"{r['bytes_out']:,}",
+            r["recording"],
         )
     Console().print(table)

@@ -211,6 +211,20 @@ class RecordingStore:
                 fh.seek(c["offset"])
                 yield from _unpack_chunk(sid, dctx.decompress(fh.read(c["length"])))
 
+    def status(self, session_id: str) -> str:
+        """`complete` (exit frame stored, no seq missing), `gaps` (finished with frames
+        missing), `live` (frames arriving, no exit frame yet) or `none`."""
+        if not self.valid_session_id(session_id):
+            return "none"
+        d = self.dir_for(session_id)
+        index = self._read_index(d)
+        if index is None:
+            return "live" if (d / "live.log").exists() else "none"
+        if (d / "live.log").exists() or not index.get("finished"):
+            return "live"  # a merge is pending, or no exit frame yet
+        seqs = index["seqs"]
+        return "complete" if len(seqs) == 1 and seqs[0][0] == 0 else "gaps"
+
     def exists(self, session_id: str) -> bool:
         d = self.dir_for(session_id)
         return (d / "index.json").exists() or (d / "live.log").exists()

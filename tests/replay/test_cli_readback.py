@@ -62,6 +62,7 @@ def test_sessions_ls_json_lists_exit_codes_and_filters_by_user_and_time(home: Se
     rows = {r["session_id"]: r for r in orjson.loads(out.stdout)}
     assert {k: r["exit_code"] for k, r in rows.items()} == {"s-alice": 3, "s-bob": 0}
     assert rows["s-alice"]["user"] == "alice" and rows["s-alice"]["command"] == "bash"
+    assert {r["recording"] for r in rows.values()} == {"complete"}
     only_bob = orjson.loads(cli(home, "sessions", "ls", "--user", "bob", "--json").stdout)
     assert [r["id"] for r in only_bob] == ["s-bob"]
     recent = orjson.loads(cli(home, "sessions", "ls", "--since", "1h", "--json").stdout)

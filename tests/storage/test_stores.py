@@ -66,6 +66,7 @@ def test_recording_is_ordered_deduped_and_byte_exact(tmp_path: Path) -> None:
     chunks = [b"\xff\xfeinvalid", b"\x1b[31mred\x1b[0m", "é".encode()[:1], "é".encode()[1:]]
     fs = frames("s1", chunks)
     rs.add(reversed(fs[:3]))
+    assert rs.status("s1") == "live" and rs.status("other") == "none"
     rs.add(fs)  # everything again, plus the rest: duplicates are dropped
     rs.add(fs)  # a replay after the session finished changes nothing
     got = list(rs.frames("s1"))
@@ -88,7 +89,9 @@ def test_missing_frames_become_a_gap_marker_not_glued(tmp_path: Path) -> None:
         ["m", "gap: frames 1-2 missing"],
         ["o", "d"],
     ]
+    assert rs.status("s2") == "gaps"
     rs.add(fs[1:3])  # the missing frames arrive late (a spool replay): the gap closes
+    assert rs.status("s2") == "complete"
     assert not [i for i in rs.frames("s2") if isinstance(i, Gap)]
 
 
