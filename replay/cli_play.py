@@ -25,10 +25,12 @@ def play(session_id: str, speed: float, idle_time_limit: float | None, no_wait: 
         raise click.BadParameter("must be 0 (no waiting) or more", param_hint="--speed")
     if no_wait:
         speed = 0
-    from auditcast.replay.reading import output_frames
+    from auditcast.replay.reading import output_frames, wait_for_recording
     from auditcast.storage.recordings import Frame
 
-    items = output_frames(settings(), session_id)
+    s = settings()
+    wait_for_recording(s, session_id)
+    items = output_frames(s, session_id)
     out = sys.stdout.buffer
     last = 0.0
     for item in items:
@@ -53,10 +55,11 @@ def play(session_id: str, speed: float, idle_time_limit: float | None, no_wait: 
 @click.option("--idle-time-limit", type=float, default=None, help="Header hint for players.")
 def export(session_id: str, output: Path, raw: bool, idle_time_limit: float | None) -> None:
     """Write a session as asciicast v2 (plays in `asciinema play` and asciinema-player)."""
-    from auditcast.replay.reading import asciicast_lines, output_frames
+    from auditcast.replay.reading import asciicast_lines, output_frames, wait_for_recording
     from auditcast.storage.recordings import Frame
 
     s = settings()
+    wait_for_recording(s, session_id)
     tmp = output.with_name(output.name + ".part")
     with open(tmp, "wb") as fh:
         if raw:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import sys
+import time
 from collections.abc import Iterator
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
 from auditcast.errors import NotFound
 from auditcast.settings import Settings
@@ -30,6 +32,36 @@ def session_row(settings: Settings, session_id: str) -> dict[str, Any]:
             f"no session {session_id}", hint="list sessions with `auditcast sessions ls`"
         )
     return row or {"id": session_id}
+
+
+# An ended session's frames travel on their own topic and can land a little after its
+# session.end (e.g. while the store rejoins a restarted broker); exporting right then
+# would cut the recording short, so readers wait this long for the exit frame.
+SETTLE_S: Final = 20.0
+
+
+def wait_for_recording(settings: Settings, session_id: str, timeout: float = SETTLE_S) -> str:
+    """The recording's status once it is no longer catching up with an ended session
+    (or after `timeout`): `complete`, `gaps`, `live` or `none`."""
+    row = session_row(settings, session_id)
+    recordings = RecordingStore(settings.recordings_dir)
+    deadline = time.monotonic() + timeout
+    status = recordings.status(session_id)
+    # no frames at all is only "still coming" when the session said it wrote output
+    awaited = ("live", "none") if row.get("bytes_out") else ("live",)
+    warned = False
+    while row.get("end") and status in awaited and time.monotonic() < deadline:
+        if not warned:
+            print("waiting for the rest of the recording to arrive...", file=sys.stderr)
+            warned = True
+        time.sleep(0.2)
+        status = recordings.status(session_id)
+    if row.get("end") and status in awaited:
+        print(
+            f"warning: session {session_id} ended but its recording is incomplete ({status})",
+            file=sys.stderr,
+        )
+    return status
 
 
 def asciicast_lines(

@@ -141,3 +141,31 @@ def test_unknown_session_says_so_and_how_to_find_one(home: Settings, tmp_path: P
         assert out.returncode != 0
         assert b"no session nope" in out.stderr and b"sessions ls" in out.stderr
     assert not (tmp_path / "x.cast").exists()
+
+
+def test_export_right_after_the_end_waits_for_frames_still_arriving(tmp_path: Path) -> None:
+    """session.end stored, the recording's tail still on its way (two topics, two
+    consumers): export waits for the exit frame instead of cutting the recording short."""
+    import threading
+
+    s = Settings(home=tmp_path / "home")
+    start = datetime.now(UTC)
+    store = SQLiteAuditStore(s.db_path)
+    store.add_many([
+        Event(type="session.start", session_id="late", user="eve", time=start).to_dict(),
+        Event(type="session.end", session_id="late", user="eve", exit_code=0, bytes_out=4,
+              time=start + timedelta(seconds=1)).to_dict(),
+    ])  # fmt: skip
+    frames = [Frame(session_id="late", seq=i, t=i / 10, kind="o", data=b"%d\n" % i)
+              for i in range(2)]  # fmt: skip
+    exit_frame = Frame(session_id="late", seq=2, t=0.3, kind="x", data=b"0")
+    rs = RecordingStore(s.recordings_dir)
+    rs.add(frames[:1])
+    late = threading.Timer(1.5, rs.add, args=([frames[1], exit_frame],))
+    late.start()
+    raw = tmp_path / "late.raw"
+    out = cli(s, "export", "late", "--raw", "-o", str(raw))
+    late.join()
+    assert out.returncode == 0, out.stderr
+    assert raw.read_bytes() == b"0\n1\n"
+    assert b"waiting for the rest of the recording" in out.stderr
