@@ -471,9 +471,27 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
         os.killpg(pgid, sig)
 
 
-async def run_up(settings: Settings, on_ready: Callable[[Supervisor, list[str]], None]) -> None:
+# `auditcast up --demo` runs the demo OpenID provider first, so the API can verify
+# sign-ins against it (`auditcast login` then works on one machine out of the box).
+DEMO_IDP_PORT: Final = 3081
+DEMO_SERVICES: Final[tuple[ServiceSpec, ...]] = (
+    ServiceSpec(
+        "demo-idp", ("demo-idp", "--port", str(DEMO_IDP_PORT)), port=lambda s: DEMO_IDP_PORT
+    ),
+)
+
+
+def demo_issuer(settings: Settings) -> str:
+    return f"http://{settings.bind_host}:{DEMO_IDP_PORT}"
+
+
+async def run_up(
+    settings: Settings,
+    on_ready: Callable[[Supervisor, list[str]], None],
+    services: tuple[ServiceSpec, ...] = SERVICES,
+) -> None:
     """Start everything, report readiness through `on_ready`, supervise until SIGINT/SIGTERM."""
-    sup = Supervisor(settings)
+    sup = Supervisor(settings, services)
     sup.claim_home()  # before anything starts: a refused second `up` touches nothing
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

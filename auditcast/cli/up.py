@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import click
@@ -11,7 +12,13 @@ from rich.table import Table
 
 from auditcast.cli._util import json_option, print_json, run, settings
 from auditcast.logs import setup_logging
-from auditcast.supervisor import Supervisor, run_up
+from auditcast.supervisor import (
+    DEMO_SERVICES,
+    SERVICES,
+    Supervisor,
+    demo_issuer,
+    run_up,
+)
 
 STATE_STYLE = {
     "ready": "green",
@@ -62,8 +69,17 @@ def up(demo: bool, as_json: bool) -> None:
     log_file = open(s.log_dir / "up.log", "a")
     setup_logging(s.log_level, stream=log_file)
     console = Console(stderr=as_json, width=None if sys.stdout.isatty() else 120)
+    services = SERVICES
     if demo:
-        console.print("[yellow]--demo: the demo identity provider and targets are not built yet[/]")
+        # Children inherit the environment: the API verifies sign-ins against the demo IdP.
+        os.environ.setdefault("AUDITCAST_OIDC_ISSUER", demo_issuer(s))
+        services = DEMO_SERVICES + SERVICES
+        console.print(
+            f"demo: identity provider at {demo_issuer(s)} — users alice (admins), bob "
+            "(developers), carol (contractors), dave (auditors); password <name>-pass. "
+            "Demo SSH nodes and Kubernetes clusters are not started: describe yours in "
+            "$AUDITCAST_HOME/nodes.yaml and kube-clusters.yaml."
+        )
 
     def on_ready(sup: Supervisor, pending: list[str]) -> None:
         status = sup.status()
@@ -80,7 +96,7 @@ def up(demo: bool, as_json: bool) -> None:
             console.print("Ctrl-C stops everything.")
 
     try:
-        run(run_up(s, on_ready))
+        run(run_up(s, on_ready, services))
     finally:
         if not as_json:
             console.print("stopped.")
