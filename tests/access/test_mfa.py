@@ -5,10 +5,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-import orjson
 import pyotp
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from auditcast.access.mfa import (
     STEP_S,
@@ -20,8 +18,8 @@ from auditcast.access.mfa import (
 )
 from auditcast.errors import MFAInvalid, MFARequired
 from auditcast.settings import Settings
-from auditcast.topics import EVENTS_RAW, topic
 from tests.access._lock_fixtures import fresh_code
+from tests.helpers.topics import events_on
 
 T0 = 1_800_000_000.0  # a fixed instant, on a step boundary's far side
 
@@ -58,23 +56,6 @@ def settings(make_settings: Callable[..., Settings]) -> Settings:
     return make_settings()
 
 
-async def events_of(settings: Settings) -> list[dict[str, object]]:
-    c = AIOKafkaConsumer(bootstrap_servers=settings.kafka, group_id=None, enable_auto_commit=False)
-    await c.start()
-    try:
-        tp = TopicPartition(topic(settings, EVENTS_RAW), 0)
-        c.assign([tp])
-        await c.seek_to_beginning(tp)
-        end = (await c.end_offsets([tp]))[tp]
-        out = []
-        while await c.position(tp) < end:
-            for recs in (await c.getmany(timeout_ms=500)).values():
-                out.extend(orjson.loads(r.value) for r in recs)
-        return out
-    finally:
-        await c.stop()
-
-
 async def enrolled(settings: Settings, user: str = "alice") -> tuple[MFAService, str]:
     service = MFAService(settings)
     secret = new_secret()
@@ -100,7 +81,7 @@ async def test_totp_code_is_accepted_once_and_refused_on_replay(settings: Settin
     finally:
         await service.publisher.close()
         await service.close()
-    events = await events_of(settings)
+    events = await events_on(settings)
     verified = [e for e in events if e["type"] == "mfa.verified"]
     failed = [e for e in events if e["type"] == "auth.failed"]
     assert [(e["user"], e["session_id"], e["mfa_device"]) for e in verified] == [
@@ -121,7 +102,7 @@ async def test_wrong_code_is_refused_and_logged_as_auth_failed(settings: Setting
     finally:
         await service.publisher.close()
         await service.close()
-    events = await events_of(settings)
+    events = await events_on(settings)
     failed = [e for e in events if e["type"] == "auth.failed"]
     assert [(e["user"], e["reason"], e["code"], e["node"]) for e in failed] == [
         ("alice", "mfa: wrong code", "AC1001W", "node1")

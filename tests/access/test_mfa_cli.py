@@ -14,13 +14,11 @@ import orjson
 import pyotp
 import pytest
 import qrcode
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from auditcast.access.cli_mfa import terminal_qr
 from auditcast.access.mfa import STEP_S, new_secret
-from auditcast.settings import Settings
-from auditcast.topics import EVENTS_RAW, topic
 from tests.access._lock_fixtures import AUDITCAST, fresh_code
+from tests.helpers.topics import events_on
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -38,23 +36,6 @@ def mfa_cli(client: Any, *args: str, stdin: str = "") -> subprocess.CompletedPro
 
 def session_token(client: Any) -> str:
     return str(json.loads((client.home / "profile.json").read_text())["token"])
-
-
-async def events_of(settings: Settings) -> list[dict[str, object]]:
-    c = AIOKafkaConsumer(bootstrap_servers=settings.kafka, group_id=None, enable_auto_commit=False)
-    await c.start()
-    try:
-        tp = TopicPartition(topic(settings, EVENTS_RAW), 0)
-        c.assign([tp])
-        await c.seek_to_beginning(tp)
-        end = (await c.end_offsets([tp]))[tp]
-        out = []
-        while await c.position(tp) < end:
-            for recs in (await c.getmany(timeout_ms=500)).values():
-                out.extend(orjson.loads(r.value) for r in recs)
-        return out
-    finally:
-        await c.stop()
 
 
 def test_terminal_qr_is_text_blocks() -> None:
@@ -124,7 +105,7 @@ async def test_session_code_verified_once_then_refused_and_failures_audited(
         assert r.status_code == 401 and "6 digits" in r.json()["detail"]["error"]
     events = [
         e
-        for e in await events_of(access_api.settings)
+        for e in await events_on(access_api.settings)
         if e["type"] in ("mfa.verified", "auth.failed", "mfa.enrolled")
     ]
     assert [(e["type"], e.get("reason"), e["user"]) for e in events] == [

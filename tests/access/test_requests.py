@@ -7,11 +7,9 @@ from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import orjson
 import pytest
 import yaml
 from aiohttp import web
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from auditcast.access.requests import (
     PENDING_TTL,
@@ -27,7 +25,7 @@ from auditcast.access.requests import (
 from auditcast.access.roles import EXAMPLE_ROLES, parse_roles
 from auditcast.errors import AccessDenied, NotFound
 from auditcast.settings import Settings
-from auditcast.topics import EVENTS_RAW, topic
+from tests.helpers.topics import events_on
 
 # The shipped example roles (admin reviews everything, contractor may request devrole).
 POLICIES = parse_roles(yaml.safe_load(EXAMPLE_ROLES.read_text())).roles
@@ -105,23 +103,6 @@ def base_settings(make_settings: Callable[..., Settings]) -> Settings:
     return make_settings()
 
 
-async def events_of(settings: Settings) -> list[dict[str, Any]]:
-    c = AIOKafkaConsumer(bootstrap_servers=settings.kafka, group_id=None, enable_auto_commit=False)
-    await c.start()
-    try:
-        tp = TopicPartition(topic(settings, EVENTS_RAW), 0)
-        c.assign([tp])
-        await c.seek_to_beginning(tp)
-        end = (await c.end_offsets([tp]))[tp]
-        out = []
-        while await c.position(tp) < end:
-            for recs in (await c.getmany(timeout_ms=500)).values():
-                out.extend(orjson.loads(r.value) for r in recs)
-        return out
-    finally:
-        await c.stop()
-
-
 async def test_request_create_review_flow_with_events_and_webhook(
     base_settings: Settings, webhook: Webhook
 ) -> None:
@@ -166,7 +147,7 @@ async def test_request_create_review_flow_with_events_and_webhook(
             await service.review(req.id, "alice", ["admin"], approve=False)
     finally:
         await service.close()
-    events = [e for e in await events_of(settings) if e["type"].startswith("access_request.")]
+    events = [e for e in await events_on(settings) if e["type"].startswith("access_request.")]
     assert [(e["type"], e["user"]) for e in events] == [
         ("access_request.created", "carol"),
         ("access_request.reviewed", "alice"),

@@ -11,13 +11,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from auditcast.broker import EmbeddedBroker
-from auditcast.topics import EVENTS_RAW, topic
 from tests.access._lock_fixtures import access_api_with
+from tests.helpers.topics import events_on
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -61,20 +59,7 @@ def api(
 
 
 async def access_request_events(settings: Any) -> list[dict[str, Any]]:
-    c = AIOKafkaConsumer(bootstrap_servers=settings.kafka, group_id=None, enable_auto_commit=False)
-    await c.start()
-    try:
-        tp = TopicPartition(topic(settings, EVENTS_RAW), 0)
-        c.assign([tp])
-        await c.seek_to_beginning(tp)
-        end = (await c.end_offsets([tp]))[tp]
-        out = []
-        while await c.position(tp) < end:
-            for recs in (await c.getmany(timeout_ms=500)).values():
-                out.extend(orjson.loads(r.value) for r in recs)
-        return [e for e in out if e["type"].startswith("access_request.")]
-    finally:
-        await c.stop()
+    return [e for e in await events_on(settings) if e["type"].startswith("access_request.")]
 
 
 def test_contractor_requests_devrole_only_a_reviewer_approves_and_slack_hears_it(
