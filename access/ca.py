@@ -190,6 +190,32 @@ def _tls_ca(d: Path) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     return key, cert
 
 
+def _ssh_cert_builder(
+    public_key: str | bytes,
+    cert_type: ssh.SSHCertificateType,
+    *,
+    key_id: str,
+    principals: list[str],
+    ttl: dt.timedelta,
+) -> ssh.SSHCertificateBuilder:
+    """The fields every certificate we sign has: subject key, type, key id, principals,
+    a validity window backdated for clock skew, and a random serial."""
+    pub = ssh.load_ssh_public_key(
+        public_key.encode() if isinstance(public_key, str) else public_key
+    )
+    now = dt.datetime.now(dt.UTC)
+    return (
+        ssh.SSHCertificateBuilder()
+        .public_key(pub)  # type: ignore[arg-type]
+        .type(cert_type)
+        .key_id(key_id.encode())
+        .valid_principals([p.encode() for p in principals])
+        .valid_after(int((now - BACKDATE).timestamp()))
+        .valid_before(int((now + ttl).timestamp()))
+        .serial(int.from_bytes(os.urandom(8), "big"))
+    )
+
+
 def key_id_of(public_key: ed25519.Ed25519PublicKey) -> str:
     """A stable `kid` for a token-signing key: the SHA-256 of its raw bytes, shortened."""
     raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
@@ -278,19 +304,8 @@ class CertificateAuthority:
         permissions: tuple[str, ...] = DEFAULT_USER_EXTENSIONS,
     ) -> str:
         """An OpenSSH user certificate (one line) for `public_key`."""
-        pub = ssh.load_ssh_public_key(
-            public_key.encode() if isinstance(public_key, str) else public_key
-        )
-        now = dt.datetime.now(dt.UTC)
-        builder = (
-            ssh.SSHCertificateBuilder()
-            .public_key(pub)  # type: ignore[arg-type]
-            .type(ssh.SSHCertificateType.USER)
-            .key_id(key_id.encode())
-            .valid_principals([p.encode() for p in principals])
-            .valid_after(int((now - BACKDATE).timestamp()))
-            .valid_before(int((now + ttl).timestamp()))
-            .serial(int.from_bytes(os.urandom(8), "big"))
+        builder = _ssh_cert_builder(
+            public_key, ssh.SSHCertificateType.USER, key_id=key_id, principals=principals, ttl=ttl
         )
         extensions = {p: b"" for p in permissions}
         extensions[CREDENTIAL_EXTENSION] = credential_id.encode()
@@ -306,21 +321,9 @@ class CertificateAuthority:
     def sign_host_cert(
         self, public_key: str | bytes, *, principals: list[str], ttl: dt.timedelta, key_id: str
     ) -> str:
-        pub = ssh.load_ssh_public_key(
-            public_key.encode() if isinstance(public_key, str) else public_key
-        )
-        now = dt.datetime.now(dt.UTC)
-        cert = (
-            ssh.SSHCertificateBuilder()
-            .public_key(pub)  # type: ignore[arg-type]
-            .type(ssh.SSHCertificateType.HOST)
-            .key_id(key_id.encode())
-            .valid_principals([p.encode() for p in principals])
-            .valid_after(int((now - BACKDATE).timestamp()))
-            .valid_before(int((now + ttl).timestamp()))
-            .serial(int.from_bytes(os.urandom(8), "big"))
-            .sign(self.host_ca)
-        )
+        cert = _ssh_cert_builder(
+            public_key, ssh.SSHCertificateType.HOST, key_id=key_id, principals=principals, ttl=ttl
+        ).sign(self.host_ca)
         return cert.public_bytes().decode()
 
     def issue_tls_cert(self, name: str, hosts: list[str]) -> tuple[bytes, bytes]:
