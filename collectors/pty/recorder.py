@@ -309,6 +309,12 @@ class PtySession:
         self._idle_timer = self._loop.call_later(ORPHAN_IDLE_S, self._on_orphan_idle)
 
     def _on_orphan_idle(self) -> None:
+        # A starved event loop can fire this timer while output is still waiting in the
+        # PTY: read it first, and only stop if nothing came (else the read re-arms us).
+        before = self.bytes_out
+        self._on_master_readable()
+        if self.bytes_out != before or (self._master_done is not None and self._master_done.done()):
+            return
         log.info("command exited; a background process still holds the terminal, stopping")
         self._finish_master()
 
