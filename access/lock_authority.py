@@ -24,6 +24,7 @@ from typing import Any, Final
 from auditcast.access.access_db import connect
 from auditcast.access.lock_model import Lock, LockIndex, LockSubject, decode_lock
 from auditcast.access.publish import Publisher, audit_event
+from auditcast.aio import cancel_and_wait
 from auditcast.errors import AuditcastError, BrokerUnavailable, NotFound
 from auditcast.events import Event, Source
 from auditcast.kafka import cluster_info, ensure_topics, resolve_bootstrap
@@ -106,10 +107,7 @@ class LockAuthority:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
         if self._own_publisher:
             await self.publisher.close()
         self._db.close()

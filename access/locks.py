@@ -32,6 +32,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from auditcast.access.lock_model import Lock, LockIndex, LockMode, LockSubject, decode_lock
+from auditcast.aio import cancel_and_wait
 from auditcast.errors import BrokerUnavailable, Locked, MalformedMessage
 from auditcast.kafka import consumer_config, resolve_bootstrap
 from auditcast.settings import Settings
@@ -114,10 +115,7 @@ class LockView:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
         await self._disconnect()
 
     async def __aenter__(self) -> LockView:
@@ -347,7 +345,17 @@ class LockView:
                 if await self._cluster_id() != self.cluster_id:
                     raise _ClusterChanged("the broker's cluster id changed")
                 ends = await asyncio.wait_for(consumer.end_offsets(tps), REQUEST_TIMEOUT_S)
-                positions = {tp: await consumer.position(tp) for tp in tps}
+                # position() retries until the broker answers: bound it like the rest
+                positions = dict(
+                    zip(
+                        tps,
+                        await asyncio.wait_for(
+                            asyncio.gather(*(consumer.position(tp) for tp in tps)),
+                            REQUEST_TIMEOUT_S,
+                        ),
+                        strict=True,
+                    )
+                )
                 if all(positions[tp] >= ends[tp] for tp in tps):
                     self._mark_synced(started)
                     if not caught_up_once:

@@ -47,6 +47,7 @@ import msgpack
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
+from auditcast.aio import cancel_and_wait
 from auditcast.collectors._spool_record import (
     MAX_RECORD_BYTES,
     SpoolRecord,
@@ -287,11 +288,8 @@ class Spool:
         next sender (this collector restarted, or the drainer of `auditcast up`).
         """
         delivered = await self.flush(drain_timeout) if drain_timeout > 0 else not self.pending
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        await cancel_and_wait(task)
         await self._disconnect()
         segments, self._segments, self._active = self._segments, [], None
         await asyncio.to_thread(self._release, segments)

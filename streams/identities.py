@@ -19,6 +19,7 @@ from typing import Final
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
+from auditcast.aio import cancel_and_wait
 from auditcast.errors import BrokerUnavailable, MalformedMessage
 from auditcast.events import Identity
 from auditcast.kafka import CONNECT_TIMEOUT_S, consumer_config
@@ -123,8 +124,6 @@ class IdentityView:
         return int(await self._consumer.position(tp))
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await cancel_and_wait(self._task)
         if self._consumer is not None:
             await self._consumer.stop()

@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from auditcast.aio import cancel_and_wait
 from auditcast.cli._util import run, settings
 from auditcast.logs import setup_logging
 from auditcast.settings import Settings
@@ -180,9 +181,7 @@ async def _serve_webhook(
     try:
         await _until_signalled()
     finally:
-        follower.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await follower
+        await cancel_and_wait(follower)
         with contextlib.suppress(FileNotFoundError):
             _ready_file(s, "audit-webhook").unlink()
         await hook.stop()

@@ -11,7 +11,6 @@ Which requests came through the gateway is learnt from the `kube.request` events
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import ssl
 import time
@@ -21,6 +20,7 @@ from typing import Any, Final, Protocol
 import orjson
 from aiohttp import web
 
+from auditcast.aio import cancel_and_wait
 from auditcast.collectors.kube.auditlog import (
     MATCH_GRACE_SECONDS,
     MAX_EVENTLIST_BYTES,
@@ -88,10 +88,7 @@ class AuditWebhook:
         self._task = asyncio.create_task(self._judge_pending())
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
         self.judge_pending(force=True)
         if self._runner:
             await self._runner.cleanup()

@@ -20,6 +20,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 
+from auditcast.aio import cancel_and_wait
 from auditcast.collectors.ssh.policy import CertInfo, Grant, grant_from_roles
 from auditcast.kafka import resolve_bootstrap
 from auditcast.settings import Settings
@@ -62,10 +63,7 @@ class IdentityRoles:
         return self
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
 
     def apply(self, key: bytes | None, value: bytes | None) -> None:
         if value is None:
