@@ -79,6 +79,20 @@ class CollectingSink:
     def of_type(self, t: str) -> list[Event]:
         return [e for e in self.events if e.type == t]
 
+    def wait_for(
+        self, t: str, match: Callable[[Event], bool] = lambda e: True, *, count: int = 1
+    ) -> list[Event]:
+        """The `t` events that `match`, once at least `count` are in (or whatever is in
+        after 10 s). The gateway emits a request's event on its own thread after the
+        client has its response, and emits a stream's end once it sees the close, so
+        kubectl can exit before the event is here."""
+
+        def found() -> list[Event]:
+            return [e for e in self.of_type(t) if match(e)]
+
+        wait_until(lambda: len(found()) >= count, timeout=10)
+        return found()
+
 
 class ThreadedGateway:
     """The gateway on its own event loop, so tests can drive real kubectl synchronously."""

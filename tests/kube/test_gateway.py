@@ -39,11 +39,10 @@ def test_devs_user_lists_pods_in_dev_and_gets_the_upstreams_403_in_default(
     assert {(s.user, s.impersonated, tuple(s.groups)) for s in lists} == {
         ("auditcast-gateway", "alice", ("devs",))
     }
-    events = {
-        (e.namespace, e.response_code): e  # type: ignore[attr-defined]
-        for e in kube_env.sink.of_type("kube.request")
-        if getattr(e, "resource", "") == "pods"
-    }
+    pods = kube_env.sink.wait_for(
+        "kube.request", lambda e: getattr(e, "resource", "") == "pods", count=2
+    )
+    events = {(e.namespace, e.response_code): e for e in pods}  # type: ignore[attr-defined]
     allowed, forbidden = events[("dev", 200)], events[("default", 403)]
     assert allowed.verb == "list" and allowed.user == "alice"  # type: ignore[attr-defined]
     assert allowed.cluster == "dev-cluster" and allowed.labels == {"env": "dev"}
@@ -85,7 +84,7 @@ def test_bad_tokens_are_refused_with_a_clear_error_and_never_reach_the_cluster(
     assert r.status_code == 401 and r.json()["kind"] == "Status"
     assert message in r.json()["message"] and "auditcast login" in r.json()["message"]
     assert kube_env.upstream_requests() == 0
-    failures = kube_env.sink.of_type("auth.failed")
+    failures = kube_env.sink.wait_for("auth.failed")
     assert failures and all(e.cluster == "dev-cluster" for e in failures)
 
 
@@ -209,10 +208,9 @@ def test_malformed_client_frame_ends_the_exec_stream_with_an_error(kube_env: Kub
     assert errors, frames[-3:]
     assert "malformed frame from client: unknown channel 9" in errors[-1]["message"]
     assert close_code == 1007, (close_code, frames[-3:])
-    assert wait_until(
-        lambda: any(getattr(e, "phase", "") == "end" for e in kube_env.sink.events), timeout=10
-    ), kube_env.sink.events
-    end = next(e for e in kube_env.sink.events if getattr(e, "phase", "") == "end")
+    ends = kube_env.sink.wait_for("kube.request", lambda e: getattr(e, "phase", "") == "end")
+    assert ends, kube_env.sink.events
+    end = ends[0]
     assert "unknown channel 9" in end.error  # type: ignore[attr-defined]
 
 
@@ -224,9 +222,9 @@ def test_non_tty_exec_reports_exit_code_and_is_one_event_at_start_and_end(
         env, "exec", "-n", "dev", "web-0", "--", "sh", "-c", "echo out; echo err >&2; exit 7"
     )
     assert r.returncode == 7 and r.stdout == "out\n" and "err" in r.stderr
-    execs = [
-        e for e in kube_env.sink.of_type("kube.request") if getattr(e, "subresource", "") == "exec"
-    ]
+    execs = kube_env.sink.wait_for(
+        "kube.request", lambda e: getattr(e, "subresource", "") == "exec", count=2
+    )
     start, end = sorted(execs, key=lambda e: e.time)
     assert (start.phase, end.phase) == ("start", "end")  # type: ignore[attr-defined]
     assert end.request_id == start.id and end.exit_code == 7  # type: ignore[attr-defined]
@@ -291,7 +289,7 @@ def test_forbidden_exec_shows_the_clusters_403_after_kubectls_spdy_fallback(
     execs = [s for s in kube_env.upstream.seen if s.path.endswith("/exec")]
     assert [s.method for s in execs] == ["GET", "POST"]
     assert {s.impersonated for s in execs} == {"alice"}
-    spdy = [e for e in kube_env.sink.of_type("kube.request") if getattr(e, "protocol", "")]
+    spdy = kube_env.sink.wait_for("kube.request", lambda e: bool(getattr(e, "protocol", "")))
     assert spdy and spdy[0].response_code == 403  # type: ignore[attr-defined]
     assert spdy[0].protocol.startswith("SPDY/")  # type: ignore[attr-defined]
 

@@ -55,10 +55,9 @@ def test_locked_user_exec_session_is_closed_and_new_requests_get_the_lock_messag
         assert env.gateway.gateway.stats.lock_closures
         assert max(env.gateway.gateway.stats.lock_closures) < 0.25
 
-        end = next(
-            e
-            for e in env.sink.of_type("kube.request")
-            if getattr(e, "phase", "") == "end" and getattr(e, "subresource", "") == "exec"
+        (end,) = env.sink.wait_for(
+            "kube.request",
+            lambda e: getattr(e, "phase", "") == "end" and getattr(e, "subresource", "") == "exec",
         )
         assert end.closed_by_lock == lock.name  # type: ignore[attr-defined]
 
@@ -76,7 +75,7 @@ def test_locked_user_exec_session_is_closed_and_new_requests_get_the_lock_messag
             "(ask an administrator to remove the lock (`auditcast lock ls`))"
         )
         assert r.json()["details"]["name"] == lock.name
-        failed = env.sink.of_type("auth.failed")
+        failed = env.sink.wait_for("auth.failed", lambda e: getattr(e, "lock", "") != "")
         assert any(getattr(e, "lock", "") == lock.name and e.user == "alice" for e in failed)
 
         env.gateway.call(authority.delete(lock.name, by="secops"))
@@ -108,10 +107,9 @@ def test_locked_users_watch_is_ended(kube_env_with_locks: KubeEnv) -> None:
         lock = new_lock(LockTargets(user="bob"), ttl=timedelta(minutes=5), message="offboarding")
         env.gateway.call(authority.create(lock))
         assert wait_until(lambda: not env.gateway.gateway.live, timeout=2)
-        end = next(
-            e
-            for e in env.sink.of_type("kube.request")
-            if getattr(e, "verb", "") == "watch" and getattr(e, "phase", "") == "end"
+        (end,) = env.sink.wait_for(
+            "kube.request",
+            lambda e: getattr(e, "verb", "") == "watch" and getattr(e, "phase", "") == "end",
         )
         assert end.closed_by_lock == lock.name  # type: ignore[attr-defined]
     finally:
