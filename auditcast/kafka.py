@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
@@ -191,3 +192,58 @@ async def start_consumer(
         await consumer.stop()
         raise BrokerUnavailable(f"cannot start a consumer on {bootstrap}: {e}") from None
     return consumer
+
+
+def next_offsets(records: Iterable[ConsumerRecord[bytes, bytes]]) -> dict[TopicPartition, int]:
+    """The offsets to commit once `records` are durably handled: one past the last
+    record of each partition."""
+    out: dict[TopicPartition, int] = {}
+    for r in records:
+        tp = TopicPartition(r.topic, r.partition)
+        out[tp] = max(out.get(tp, 0), r.offset + 1)
+    return out
+
+
+class BatchSender:
+    """Records for one producer, grouped into one batch per (topic, partition) in order.
+
+    `producer.send` costs ~35 µs per record here (a future, the partitioner, the
+    accumulator); appending to a batch the caller fills costs a few. For stages that
+    write thousands of records per poll and wait for all of them anyway.
+    """
+
+    def __init__(self, producer: AIOKafkaProducer) -> None:
+        self.producer = producer
+        self._open: dict[tuple[str, int], Any] = {}
+        self._futures: list[asyncio.Future[Any]] = []
+
+    async def add(
+        self,
+        topic_name: str,
+        partition: int,
+        key: bytes | None,
+        value: bytes | None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> None:
+        where = (topic_name, partition)
+        batch = self._open.get(where)
+        if batch is None:
+            batch = self._open[where] = self.producer.create_batch()
+        if batch.append(key=key, value=value, timestamp=None, headers=headers or []) is None:
+            # full: send it and start the next one
+            self._futures.append(
+                await self.producer.send_batch(batch, topic_name, partition=partition)
+            )
+            batch = self._open[where] = self.producer.create_batch()
+            if batch.append(key=key, value=value, timestamp=None, headers=headers or []) is None:
+                raise ValueError(f"a {len(value or b'')}-byte record does not fit a batch")
+
+    async def send(self) -> list[asyncio.Future[Any]]:
+        """Hand every open batch to the producer; the futures of all batches sent."""
+        for (topic_name, partition), batch in self._open.items():
+            self._futures.append(
+                await self.producer.send_batch(batch, topic_name, partition=partition)
+            )
+        self._open.clear()
+        futures, self._futures = self._futures, []
+        return futures

@@ -21,7 +21,13 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 
 from auditcast.errors import BrokerUnavailable, MalformedMessage
 from auditcast.events import Frame, decode_event, decode_frames, format_time
-from auditcast.kafka import cluster_info, resolve_bootstrap, start_consumer, start_producer
+from auditcast.kafka import (
+    cluster_info,
+    next_offsets,
+    resolve_bootstrap,
+    start_consumer,
+    start_producer,
+)
 from auditcast.settings import Settings
 from auditcast.storage.recordings import RecordingStore
 from auditcast.storage.sqlite import SQLiteAuditStore
@@ -107,14 +113,6 @@ class Route:
     on_ready: Callable[[], None]
 
 
-def _next_offsets(records: list[ConsumerRecord[bytes, bytes]]) -> dict[TopicPartition, int]:
-    out: dict[TopicPartition, int] = {}
-    for r in records:
-        tp = TopicPartition(r.topic, r.partition)
-        out[tp] = max(out.get(tp, 0), r.offset + 1)
-    return out
-
-
 async def _consume(settings: Settings, route: Route, stats: SinkStats) -> None:
     """One consumer loop that survives the broker going away (and coming back empty).
 
@@ -153,7 +151,7 @@ async def _consume(settings: Settings, route: Route, stats: SinkStats) -> None:
                     pending = None
                     await consumer.commit(offsets)
                 if records:
-                    offsets = _next_offsets(records)
+                    offsets = next_offsets(records)
                     if batch:
                         pending = asyncio.ensure_future(asyncio.to_thread(route.write, batch))
                     else:  # all malformed: dead-lettered, nothing to write

@@ -27,15 +27,16 @@ from typing import Any, Final, cast
 
 import faust
 import orjson
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, ConsumerRecord
 from faust.types import EventT, RecordMetadata
 
 from auditcast.errors import MalformedMessage
-from auditcast.events import Event, decode_event, decode_frames
-from auditcast.kafka import MAX_REQUEST_BYTES, start_producer
+from auditcast.events import Event, Identity, decode_event_doc, decode_frames
+from auditcast.kafka import MAX_REQUEST_BYTES, BatchSender, start_producer
 from auditcast.settings import Settings
 from auditcast.streams import sessions
-from auditcast.streams.attribution import attribute
+from auditcast.streams.attribution import audit_record, decide, unattributed_alert
+from auditcast.streams.audit_path import AuditPath
 from auditcast.streams.identities import IdentityView
 from auditcast.topics import (
     ALERTS,
@@ -57,6 +58,8 @@ BATCH_MAX: Final = 1000
 # is one of the reasons to dead-letter it); the headers say where the original is.
 DEAD_LETTER_MAX_BYTES: Final = 512 * 1024
 BATCH_WITHIN_S: Final = 0.05
+# Identity JSON is cached per identities record; a worker sees few distinct ones.
+IDENTITY_CACHE_MAX: Final = 10_000
 
 PRODUCER_BATCH_BYTES: Final = 256 * 1024
 PRODUCER_LINGER_S: Final = 0.005
@@ -128,7 +131,6 @@ class StreamsApp:
             table_standby_replicas=0,
         )
         t = self.topic_name
-        self.events_raw = self.app.topic(t(EVENTS_RAW), internal=False)
         self.session_frames = self.app.topic(t(SESSION_FRAMES), internal=False)
         self.events_audit = t(EVENTS_AUDIT)
         self.alerts = t(ALERTS)
@@ -147,8 +149,13 @@ class StreamsApp:
             value_type=bytes,
             partitions=settings.partitions,
         )
-        self.app.agent(self.events_raw, name="audit")(self._audit_agent)
+        # events.raw is read by the batched hot path, in step with Faust's assignment.
+        self.audit_path = AuditPath(
+            bootstrap, t(EVENTS_RAW), f"{app_id(settings)}-audit", self.process_raw_batch
+        )
         self.app.agent(self.session_frames, name="frames")(self._frames_agent)
+        self.app.task(self.audit_path.run)
+        self.app.on_partitions_revoked.connect(self._on_partitions_revoked)  # type: ignore[arg-type]
         # Faust types signal receivers as sync-or-awaitable with a `signal` keyword; ours
         # take it through **kwargs.
         self.app.on_rebalance_complete.connect(self._on_rebalance_complete)  # type: ignore[arg-type]
@@ -156,12 +163,18 @@ class StreamsApp:
         self.app.on_before_shutdown.connect(self._stop_identities)  # type: ignore[arg-type]
         self._assigned = asyncio.Event()
         self._identities_loaded = asyncio.Event()
+        self._identity_docs: dict[int, tuple[Identity, dict[str, Any]]] = {}
 
     def topic_name(self, name: str) -> str:
         return topic(self.settings, name)
 
+    async def _on_partitions_revoked(self, sender: Any, *args: Any, **kwargs: Any) -> None:
+        await self.audit_path.revoke()
+
     async def _on_rebalance_complete(self, sender: Any, *args: Any, **kwargs: Any) -> None:
         assigned = self.app.consumer.assignment() if self.app.consumer else set()
+        frames_topic = self.topic_name(SESSION_FRAMES)
+        await self.audit_path.own(tp.partition for tp in assigned if tp.topic == frames_topic)
         log.info(
             "partitions assigned and tables recovered",
             extra={"fields": {"assigned": sorted(f"{tp.topic}/{tp.partition}" for tp in assigned)}},
@@ -183,6 +196,7 @@ class StreamsApp:
             self.ready.set()
 
     async def _stop_identities(self, sender: Any, *args: Any, **kwargs: Any) -> None:
+        await self.audit_path.stop()
         await self.identities.stop()
         producer, self._producer = self._producer, None
         if producer is not None:
@@ -200,81 +214,111 @@ class StreamsApp:
         raw = self.sessions.get(session_id.encode())
         return orjson.loads(raw) if raw else sessions.empty(session_id)
 
-    async def _store_session(
-        self, producer: AIOKafkaProducer, partition: int, summary: sessions.SessionSummary
-    ) -> Awaitable[RecordMetadata]:
-        """Update the table and its changelog (on the source partition, as Faust would).
+    def _put_session(
+        self, changed: dict[bytes, int], partition: int, summary: sessions.SessionSummary
+    ) -> None:
+        """Update the table now and note the session for `_write_sessions`."""
+        key = summary["session_id"].encode()
+        self.sessions.data[key] = orjson.dumps(summary)
+        changed[key] = partition
+
+    async def _write_sessions(self, out: BatchSender, changed: dict[bytes, int]) -> None:
+        """Write the changelog of the sessions a batch touched, on their source partition
+        as Faust would.
 
         Written directly: inside a batch there is no single "current event" for Faust's
         table to take the partition from, and Faust's own changelog buffer was the
-        slowest step of the worker.
+        slowest step of the worker. One record per session per batch, with the table's
+        value at the time of writing: recovery needs only the last, and the other agent
+        may have updated the same session meanwhile.
         """
-        key = summary["session_id"].encode()
-        value = orjson.dumps(summary)
-        self.sessions.data[key] = value
         changelog = self.sessions.changelog_topic.get_topic_name()
-        fut: Awaitable[RecordMetadata] = await producer.send(
-            changelog, key=key, value=value, partition=partition
-        )
-        return fut
+        for key, partition in changed.items():
+            await out.add(changelog, partition, key, self.sessions.data[key])
 
     # --- agents ------------------------------------------------------------------
 
-    async def _audit_agent(self, stream: faust.StreamT[Any]) -> None:
-        async for batch in cast(faust.Stream[Any], stream).take_events(
-            BATCH_MAX, within=BATCH_WITHIN_S
-        ):
-            await self.process_raw_batch(batch)
+    def _identity_json(self, identity: Identity) -> dict[str, Any]:
+        """The JSON form of an identity, made once per identities record."""
+        cached = self._identity_docs.get(id(identity))
+        if cached is None or cached[0] is not identity:
+            cached = (identity, identity.model_dump(mode="json", exclude_none=True))
+            if len(self._identity_docs) > IDENTITY_CACHE_MAX:
+                self._identity_docs.clear()
+            self._identity_docs[id(identity)] = cached
+        return cached[1]
 
-    async def process_raw_batch(self, batch: Sequence[EventT]) -> None:
+    async def process_raw_batch(self, batch: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
+        """Attribute a batch of `events.raw` records and write them to `events.audit`;
+        returns once the broker has acknowledged all of the output."""
         pending: list[Awaitable[RecordMetadata]] = []
         producer = await self.output()
+        out = BatchSender(producer)
+        same_partition = await self._audit_partitions_match(producer)
         source = self.topic_name(EVENTS_RAW)
-        decoded: list[tuple[Any, Event]] = []
-        for ev in batch:
-            msg = ev.message
+        decoded: list[tuple[ConsumerRecord[bytes, bytes], Event, dict[str, Any]]] = []
+        for msg in batch:
             self.stats.consumed[source] += 1
             try:
                 if msg.value is None:
                     raise MalformedMessage("empty record (null value)")
-                decoded.append((msg, decode_event(msg.value)))
+                event, doc = decode_event_doc(msg.value)
+                decoded.append((msg, event, doc))
             except MalformedMessage as e:
                 pending.append(await self._dead_letter(source, msg, e.message))
         if any(
-            e.credential_id and self.identities.get(e.credential_id) is None for _, e in decoded
+            e.credential_id and self.identities.get(e.credential_id) is None for _, e, _ in decoded
         ):
             # A credential is usually issued moments before its first use: let the view
             # catch up once per batch before calling anything unknown.
             await self.identities.catch_up()
-        for msg, event in decoded:
-            result = attribute(event, self.identities.get(event.credential_id))
-            out = result.event
-            if out.session_id and out.type in ("session.start", "session.end"):
-                summary = sessions.on_event(self._session(out.session_id), out)
-                pending.append(await self._store_session(producer, msg.partition, summary))
-                out = sessions.enrich_end(out, summary)
-            pending.append(await producer.send(self.events_audit, key=msg.key, value=out.to_json()))
+        changed: dict[bytes, int] = {}
+        for msg, event, doc in decoded:
+            found, unattributed = decide(event, self.identities.get(event.credential_id))
+            extra: dict[str, Any] = {}
+            if event.session_id and event.type in ("session.start", "session.end"):
+                summary = sessions.on_event(self._session(event.session_id), event)
+                self._put_session(changed, msg.partition, summary)
+                extra = sessions.end_fields(event, summary)
+            value = audit_record(
+                event, doc, self._identity_json(found) if found is not None else None, extra
+            )
+            if same_partition:
+                await out.add(self.events_audit, msg.partition, msg.key, value)
+            else:
+                pending.append(await producer.send(self.events_audit, key=msg.key, value=value))
             self.stats.produced[EVENTS_AUDIT] += 1
-            if result.alert is not None:
-                self.stats.unattributed += 1
-                log.warning(
-                    "unattributed event",
-                    extra={
-                        "event_id": event.id,
-                        "session_id": event.session_id,
-                        "credential_id": event.credential_id,
-                        "user": event.user,
-                    },
-                )
-                alert = result.alert
-                pending.append(
-                    await producer.send(
-                        self.alerts, key=(alert.user or "").encode(), value=alert.to_json()
-                    )
-                )
-                self.stats.produced[ALERTS] += 1
-        # Durable output before the batch is acked (and so before its offsets commit).
+            if unattributed:
+                pending.append(await self._alert(producer, event))
+        await self._write_sessions(out, changed)
+        pending.extend(await out.send())
+        # Durable output before the batch's offsets are committed.
         await asyncio.gather(*pending)
+
+    async def _audit_partitions_match(self, producer: AIOKafkaProducer) -> bool:
+        """Whether `events.audit` has as many partitions as `events.raw`: then a record's
+        key hashes to the same partition number on both, and the output can go straight
+        to its input's partition."""
+        audit = await producer.partitions_for(self.events_audit)
+        return len(audit) == self.settings.partitions
+
+    async def _alert(self, producer: AIOKafkaProducer, event: Event) -> Awaitable[RecordMetadata]:
+        self.stats.unattributed += 1
+        log.warning(
+            "unattributed event",
+            extra={
+                "event_id": event.id,
+                "session_id": event.session_id,
+                "credential_id": event.credential_id,
+                "user": event.user,
+            },
+        )
+        alert = unattributed_alert(event)
+        self.stats.produced[ALERTS] += 1
+        fut: Awaitable[RecordMetadata] = await producer.send(
+            self.alerts, key=(alert.user or "").encode(), value=alert.to_json()
+        )
+        return fut
 
     async def _frames_agent(self, stream: faust.StreamT[Any]) -> None:
         async for batch in cast(faust.Stream[Any], stream).take_events(
@@ -286,6 +330,7 @@ class StreamsApp:
         pending: list[Awaitable[RecordMetadata]] = []
         producer = await self.output()
         source = self.topic_name(SESSION_FRAMES)
+        changed: dict[bytes, int] = {}
         for ev in batch:
             msg = ev.message
             self.stats.consumed[source] += 1
@@ -303,7 +348,10 @@ class StreamsApp:
                 by_session.setdefault(f.session_id, []).append(f)
             for session_id, group in by_session.items():
                 summary = sessions.on_frames(self._session(session_id), group)
-                pending.append(await self._store_session(producer, msg.partition, summary))
+                self._put_session(changed, msg.partition, summary)
+        out = BatchSender(producer)
+        await self._write_sessions(out, changed)
+        pending.extend(await out.send())
         await asyncio.gather(*pending)
 
     async def _dead_letter(self, source: str, msg: Any, error: str) -> Awaitable[RecordMetadata]:

@@ -12,7 +12,7 @@ import orjson
 from pydantic import ValidationError
 
 from auditcast.errors import MalformedMessage
-from auditcast.events import Event, Identity, Source
+from auditcast.events import Event, Identity, Source, format_time, is_canonical_time
 
 # The collector name of the local PTY recorder: its events carry the OS user and no
 # credential, so the OS user is the identity (DESIGN §6, `auditcast rec`).
@@ -47,21 +47,31 @@ def parse_identity_record(raw: bytes) -> Identity:
         ) from None
 
 
-def attribute(event: Event, identity: Identity | None) -> Attributed:
-    """Fill `event.identity`.
+def decide(event: Event, identity: Identity | None) -> tuple[Identity | None, bool]:
+    """The identity to put on `event` (None: leave it as it is), and whether the event
+    is unattributed (an alert is due).
 
+    - the event already names its identity, or is about attribution itself: as it is;
     - the credential is known: the identity from its `identities` record;
     - a local recording (no credential, collector `pty`): the OS user;
-    - otherwise the event is passed on unattributed and an `audit.unattributed`
-      alert says which actor and credential could not be tied to a login.
+    - otherwise unattributed: an `audit.unattributed` alert says which actor and
+      credential could not be tied to a login.
     """
     if event.identity is not None or event.type in SELF_ATTRIBUTED_TYPES:
-        return Attributed(event)
+        return None, False
     if identity is not None:
-        return Attributed(event.model_copy(update={"identity": identity}))
+        return identity, False
     if event.credential_id is None and _is_local(event) and event.user:
-        return Attributed(event.model_copy(update={"identity": Identity(user=event.user)}))
-    return Attributed(event, unattributed_alert(event))
+        return Identity(user=event.user), False
+    return None, True
+
+
+def attribute(event: Event, identity: Identity | None) -> Attributed:
+    """Fill `event.identity` as `decide` says, with the alert when it is unattributed."""
+    found, unattributed = decide(event, identity)
+    if found is not None:
+        return Attributed(event.model_copy(update={"identity": found}))
+    return Attributed(event, unattributed_alert(event) if unattributed else None)
 
 
 def _is_local(event: Event) -> bool:
@@ -93,3 +103,26 @@ def unattributed_alert(event: Event) -> Event:
         ),
         **fields,
     )
+
+
+def audit_record(
+    event: Event,
+    doc: dict[str, Any],
+    identity: dict[str, Any] | None,
+    extra: dict[str, Any] | None = None,
+) -> bytes:
+    """The `events.audit` value for `event` as sent (`doc`, its parsed JSON), with the
+    `identity` attribution found (its JSON form) and `extra` fields added.
+
+    `time` and `code` are normalised and nulls dropped as `Event.to_json` does; the rest
+    is kept as the collector wrote it, so the record is not re-serialised from the model.
+    """
+    out = {k: v for k, v in doc.items() if v is not None}
+    if not is_canonical_time(out.get("time")):
+        out["time"] = format_time(event.time)
+    out["code"] = event.code
+    if identity is not None:
+        out["identity"] = identity
+    if extra:
+        out.update(extra)
+    return orjson.dumps(out)

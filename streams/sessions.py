@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any, TypedDict
 
-from auditcast.events import Event, Frame
+from auditcast.events import Event, Frame, format_time
 
 
 class SessionSummary(TypedDict, total=False):
@@ -30,9 +30,9 @@ def on_event(summary: SessionSummary, event: Event) -> SessionSummary:
     """Fold a session.start or session.end into the summary; other events leave it."""
     out = dict(summary)
     if event.type == "session.start":
-        out["start"] = event.to_dict()["time"]
+        out["start"] = format_time(event.time)
     elif event.type == "session.end":
-        out["end"] = event.to_dict()["time"]
+        out["end"] = format_time(event.time)
     return out  # type: ignore[return-value]
 
 
@@ -49,11 +49,11 @@ def on_frames(summary: SessionSummary, frames: Iterable[Frame]) -> SessionSummar
     return out
 
 
-def enrich_end(event: Event, summary: SessionSummary) -> Event:
-    """A session.end with `frames` and `duration` (seconds) added when the collector left
-    them out; values the collector sent are kept."""
+def end_fields(event: Event, summary: SessionSummary) -> dict[str, Any]:
+    """For a session.end: `frames` and `duration` (seconds) where the collector left them
+    out (values the collector sent are kept); nothing for other events."""
     if event.type != "session.end":
-        return event
+        return {}
     extra: dict[str, Any] = event.model_extra or {}
     update: dict[str, Any] = {}
     if "frames" not in extra and summary.get("frames"):
@@ -61,6 +61,12 @@ def enrich_end(event: Event, summary: SessionSummary) -> Event:
     if "duration" not in extra and "start" in summary:
         start = datetime.fromisoformat(summary["start"].replace("Z", "+00:00"))
         update["duration"] = round(max(0.0, (event.time - start).total_seconds()), 6)
+    return update
+
+
+def enrich_end(event: Event, summary: SessionSummary) -> Event:
+    """The event with `end_fields` added."""
+    update = end_fields(event, summary)
     if not update:
         return event
     return Event.model_validate({**event.to_dict(), **update})

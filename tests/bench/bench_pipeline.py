@@ -2,15 +2,21 @@
 produce→consume of the same messages on the same (fresh, embedded) broker; plus the
 recording size on disk against uncompressed asciicast for a typical interactive session.
 
-Both legs produce the same N small envelopes with the same producer settings and are
+All legs produce the same N small envelopes with the same producer settings and are
 timed the same way, from the first produce to the moment the Nth record is visible:
 
 - raw: producer → a topic → an aiokafka consumer (already joined) reads N records.
 - store: producer → `events.audit` → a real `auditcast store` process (ready before the
   clock starts) → N rows in the SQLite audit log (polled read-only, like the CLI reads).
+- pipeline (end to end): producer → `events.raw` → a real `auditcast worker`
+  (attribution against the `identities` records of the events' credentials) →
+  `events.audit` → `auditcast store` → N rows. Worker and store are ready before the
+  clock starts; both share the 2 cores with the broker and the producer.
 
-`python -m tests.bench.bench_pipeline [N]` prints one JSON object. Targets:
-store ≥ 20,000 events/s, store/raw ≥ 0.3, recording <= 0.15 of asciicast.
+`python -m tests.bench.bench_pipeline [N]` prints one JSON object. Targets (issue 3):
+pipeline ≥ 20,000 events/s and pipeline/raw ≥ 0.3; recording <= 0.15 of asciicast.
+`BENCH_WORKER_CMD` / `BENCH_STORE_CMD` replace `auditcast worker` / `auditcast store`
+(e.g. to run them under a profiler).
 """
 
 from __future__ import annotations
@@ -38,11 +44,12 @@ from auditcast.events import Event, Frame, Source
 from auditcast.kafka import _admin, consumer_config, ensure_topics, producer_config
 from auditcast.settings import Settings
 from auditcast.storage.recordings import RecordingStore, to_asciicast
-from auditcast.topics import EVENTS_AUDIT, topic
+from auditcast.topics import EVENTS_AUDIT, EVENTS_RAW, IDENTITIES, topic
 
 DEFAULT_N = 200_000
 AUDITCAST = str(Path(sys.executable).with_name("auditcast"))
 RAW_TOPIC = "bench.raw"
+CREDENTIALS = 50
 
 
 def make_events(n: int) -> list[tuple[bytes, bytes]]:
@@ -52,7 +59,7 @@ def make_events(n: int) -> list[tuple[bytes, bytes]]:
         ev = Event(
             type="kube.request",
             user=f"user{i % 50}",
-            credential_id=f"cred-{i % 50}",
+            credential_id=f"cred-{i % CREDENTIALS}",
             cluster="prod",
             source=src,
             verb="get",
@@ -107,29 +114,77 @@ def rows(db: Path) -> int:
         return 0
 
 
-async def store_leg(s: Settings, env: dict[str, str], msgs: list[tuple[bytes, bytes]]) -> float:
-    # blocking spawn before the clock starts: harmless in a bench
-    log = open(s.home / "store.log", "wb")  # noqa: ASYNC230
-    proc = subprocess.Popen([AUDITCAST, "store"], env=env, stdout=log, stderr=log)  # noqa: ASYNC220
+def spawn(verb: str, env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    cmd = os.environ.get(f"BENCH_{verb.upper()}_CMD", f"{AUDITCAST} {verb}").split()
+    with open(log_path, "wb") as log:
+        return subprocess.Popen(cmd, env=env, stdout=log, stderr=log, start_new_session=True)
+
+
+def wait_ready(proc: subprocess.Popen[bytes], ready: Path, log_path: Path) -> None:
+    deadline = time.monotonic() + 120
+    while not ready.exists():
+        if time.monotonic() > deadline or proc.poll() is not None:
+            raise RuntimeError(log_path.read_text()[-2000:])
+        time.sleep(0.1)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
     try:
-        deadline = time.monotonic() + 60
-        while not (s.run_dir / "store.ready").exists():
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError((s.home / "store.log").read_text()[-2000:])
-            await asyncio.sleep(0.1)
-        t0 = time.perf_counter()
-        prod = asyncio.create_task(produce(s, topic(s, EVENTS_AUDIT), msgs))
-        while rows(s.db_path) < len(msgs):
-            await asyncio.sleep(0.05)
-            if time.perf_counter() - t0 > 600:
-                raise RuntimeError(f"only {rows(s.db_path)} rows after 600 s")
-        elapsed = time.perf_counter() - t0
-        await prod
-        return elapsed
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+async def rows_leg(s: Settings, produce_to: str, msgs: list[tuple[bytes, bytes]]) -> float:
+    """Produce `msgs` to `produce_to`; seconds until all are rows in the audit log."""
+    t0 = time.perf_counter()
+    prod = asyncio.create_task(produce(s, produce_to, msgs))
+    while rows(s.db_path) < len(msgs):
+        await asyncio.sleep(0.05)
+        if time.perf_counter() - t0 > 600:
+            raise RuntimeError(f"only {rows(s.db_path)} rows after 600 s")
+    elapsed = time.perf_counter() - t0
+    await prod
+    return elapsed
+
+
+async def store_leg(s: Settings, env: dict[str, str], msgs: list[tuple[bytes, bytes]]) -> float:
+    store = spawn("store", env, s.home / "store.log")
+    try:
+        await asyncio.to_thread(wait_ready, store, s.run_dir / "store.ready", s.home / "store.log")
+        return await rows_leg(s, topic(s, EVENTS_AUDIT), msgs)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(20)
-        log.close()
+        stop(store)
+
+
+async def pipeline_leg(s: Settings, env: dict[str, str], msgs: list[tuple[bytes, bytes]]) -> float:
+    # the credentials the events carry are known, as after `auditcast login`
+    identities = [
+        (
+            f"cred-{i}".encode(),
+            json.dumps(
+                {
+                    "credential_id": f"cred-{i}",
+                    "kind": "kube-token",
+                    "identity": {"user": f"user{i}", "roles": ["devrole"]},
+                }
+            ).encode(),
+        )
+        for i in range(CREDENTIALS)
+    ]
+    await produce(s, topic(s, IDENTITIES), identities)
+    worker = spawn("worker", env, s.home / "worker.log")
+    store = spawn("store", env, s.home / "store.log")
+    try:
+        for proc, name in ((worker, "worker"), (store, "store")):
+            await asyncio.to_thread(
+                wait_ready, proc, s.run_dir / f"{name}.ready", s.home / f"{name}.log"
+            )
+        return await rows_leg(s, topic(s, EVENTS_RAW), msgs)
+    finally:
+        stop(worker)
+        stop(store)
 
 
 def typical_session(sid: str) -> list[Frame]:
@@ -183,16 +238,30 @@ def recording_size(root: Path) -> dict[str, Any]:
     }
 
 
+def leg_settings(root: Path, bootstrap: str, prefix: str) -> tuple[Settings, dict[str, str]]:
+    s = Settings(home=root / prefix.strip("."), kafka=bootstrap, topic_prefix=prefix)
+    s.run_dir.mkdir(parents=True, exist_ok=True)
+    env = {
+        **os.environ,
+        "AUDITCAST_HOME": str(s.home),
+        "AUDITCAST_KAFKA": bootstrap,
+        "AUDITCAST_TOPIC_PREFIX": s.topic_prefix,
+        "AUDITCAST_LOG_LEVEL": "WARNING",
+    }
+    return s, env
+
+
 async def run(n: int) -> dict[str, Any]:
     msgs = make_events(n)
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
         broker = EmbeddedBroker(log_path=Path(tmp) / "broker.log")
         await broker.start()
         try:
-            s = Settings(home=Path(tmp) / "home", kafka=broker.bootstrap, topic_prefix="bench.")
-            s.run_dir.mkdir(parents=True, exist_ok=True)
+            # each leg has its own topics and audit log
+            s, env = leg_settings(Path(tmp), broker.bootstrap, "bench.")
+            e2e, e2e_env = leg_settings(Path(tmp), broker.bootstrap, "benche2e.")
             await ensure_topics(s)
-
+            await ensure_topics(e2e)
             admin = await _admin(broker.bootstrap, 10)
             try:
                 await admin.create_topics(
@@ -200,24 +269,20 @@ async def run(n: int) -> dict[str, Any]:
                 )
             finally:
                 await admin.close()
-            env = {
-                **os.environ,
-                "AUDITCAST_HOME": str(s.home),
-                "AUDITCAST_KAFKA": broker.bootstrap,
-                "AUDITCAST_TOPIC_PREFIX": s.topic_prefix,
-                "AUDITCAST_LOG_LEVEL": "WARNING",
-            }
             raw_s = await raw_leg(s, msgs)
             store_s = await store_leg(s, env, msgs)
+            pipeline_s = await pipeline_leg(e2e, e2e_env, msgs)
         finally:
             broker.stop()
         rec = recording_size(Path(tmp) / "rec")
-    raw_rate, store_rate = n / raw_s, n / store_s
+    raw_rate, store_rate, pipeline_rate = n / raw_s, n / store_s, n / pipeline_s
     return {
         "n": n,
         "raw_events_per_s": round(raw_rate),
-        "store_events_per_s": round(store_rate),
-        "ratio_store_to_raw": round(store_rate / raw_rate, 3),
+        "store_only_events_per_s": round(store_rate),
+        "ratio_store_only_to_raw": round(store_rate / raw_rate, 3),
+        "pipeline_events_per_s": round(pipeline_rate),
+        "ratio_pipeline_to_raw": round(pipeline_rate / raw_rate, 3),
         "target_events_per_s": 20_000,
         "target_ratio": 0.3,
         "recording": rec,

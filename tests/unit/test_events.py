@@ -15,6 +15,8 @@ from auditcast.events import (
     decode_event,
     decode_frames,
     encode_frames,
+    format_time,
+    is_canonical_time,
 )
 
 
@@ -98,3 +100,24 @@ def test_frames_keep_arbitrary_bytes() -> None:
 def test_malformed_frame_batches_say_what_is_wrong(raw: bytes, says: str) -> None:
     with pytest.raises(MalformedMessage, match=says):
         decode_frames(raw)
+
+
+@pytest.mark.parametrize(
+    ("text", "canonical"),
+    [
+        ("2026-11-28T20:29:50.332000Z", True),
+        ("2026-11-28T20:29:50.332Z", False),  # milliseconds only: reformatted
+        ("2026-11-28T20:29:50.332000+00:00", False),
+        ("2026-11-28 20:29:50.332000Z", False),
+        (1764361790, False),
+    ],
+)
+def test_only_times_already_in_the_store_form_are_kept_as_sent(
+    text: object, canonical: bool
+) -> None:
+    assert is_canonical_time(text) is canonical
+    if canonical:
+        assert (
+            format_time(decode_event(orjson.dumps({"type": "session.start", "time": text})).time)
+            == text
+        )
