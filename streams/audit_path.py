@@ -78,8 +78,10 @@ class AuditPath:
     async def revoke(self) -> None:
         """Let go of every partition once the batch in hand is committed."""
         async with self._batch:
-            self._owned = frozenset()
+            had, self._owned = self._owned, frozenset()
             self._release()
+        if had:
+            log.info("owning %s partitions [] (revoked %s)", self.topic, sorted(had))
 
     def _release(self) -> None:
         self._assigned.clear()

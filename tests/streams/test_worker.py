@@ -214,3 +214,64 @@ async def test_worker_stops_cleanly_on_sigint(broker: EmbeddedBroker, tmp_path: 
     assert code == 0, w.log()[-2000:]
     assert not (s.run_dir / "worker.ready").exists()
     assert isinstance(w.proc, subprocess.Popen)
+
+
+async def test_two_workers_split_the_partitions_and_every_session_keeps_its_summary(
+    broker: EmbeddedBroker, tmp_path: Any
+) -> None:
+    """The batched events.raw path follows Faust's assignment: when a second worker
+    joins, each owns some partitions, no event is left behind, and a session whose
+    partition moved still gets its duration (the new owner recovered the table the old
+    owner's hot path wrote)."""
+    import re
+
+    from tests.helpers.broker import isolated_settings
+
+    s = await asyncio.to_thread(
+        isolated_settings, tmp_path / "home", broker.bootstrap, partitions=2
+    )
+    sessions = [new_event_id() for _ in range(40)]
+    starts = [
+        Event(type="session.start", session_id=sid, user="bob", source=Source(collector="pty"))
+        for sid in sessions
+    ]
+    one = await asyncio.to_thread(start_worker, s, tmp_path / "one.log")
+    two = None
+    try:
+        await produce(s, EVENTS_RAW, [(e.key, e.to_json()) for e in starts])
+        got = await read_topic(s, EVENTS_AUDIT, lambda rs: len(rs) >= len(starts), timeout=30)
+        assert len(audited(got, {e.id for e in starts})) == len(starts)
+
+        two = await asyncio.to_thread(start_worker, s, tmp_path / "two.log")
+
+        def owned(w: RunningWorker) -> set[int]:
+            lines = re.findall(r"owning \S+ partitions \[([\d, ]*)\]", w.log())
+            return {int(p) for p in lines[-1].split(",") if p.strip()} if lines else set()
+
+        def split() -> bool:
+            return owned(one) | owned(two) == {0, 1} and not owned(one) & owned(two)
+
+        deadline = asyncio.get_running_loop().time() + 60
+        while not (split() and owned(one) and owned(two)):
+            assert asyncio.get_running_loop().time() < deadline, (
+                one.log()[-1500:],
+                two.log()[-1500:],
+            )
+            await asyncio.sleep(0.5)
+
+        ends = [
+            Event(type="session.end", session_id=sid, user="bob", source=Source(collector="pty"))
+            for sid in sessions
+        ]
+        await produce(s, EVENTS_RAW, [(e.key, e.to_json()) for e in ends])
+        ids = {e.id for e in ends}
+        got = await read_topic(
+            s, EVENTS_AUDIT, lambda rs: len(audited(rs, ids)) == len(ids), timeout=60
+        )
+        docs = audited(got, ids)
+        assert len(docs) == len(ends)
+        assert all(d["duration"] >= 0 for d in docs.values()), docs
+    finally:
+        for w in (one, two):
+            if w is not None:
+                stop_worker(w)
