@@ -210,11 +210,19 @@ class BatchSender:
     `producer.send` costs ~35 µs per record here (a future, the partitioner, the
     accumulator); appending to a batch the caller fills costs a few. For stages that
     write thousands of records per poll and wait for all of them anyway.
+
+    Topics in `end_alone` get the last record of each partition in a batch of its own.
+    Tansu answers ListOffsets(latest) with the last *batch's* base offset + 1, not the
+    log end, so a reader that reads "up to the end" (Faust's table recovery does) stops
+    after the first record of the last batch and misses the rest; with the last record
+    alone in its batch, that answer is the true end.
     """
 
-    def __init__(self, producer: AIOKafkaProducer) -> None:
+    def __init__(self, producer: AIOKafkaProducer, end_alone: Iterable[str] = ()) -> None:
         self.producer = producer
+        self.end_alone = frozenset(end_alone)
         self._open: dict[tuple[str, int], Any] = {}
+        self._held: dict[tuple[str, int], _Record] = {}
         self._futures: list[asyncio.Future[Any]] = []
 
     async def add(
@@ -226,24 +234,51 @@ class BatchSender:
         headers: list[tuple[str, bytes]] | None = None,
     ) -> None:
         where = (topic_name, partition)
+        record = _Record(key, value, headers or [])
+        if topic_name in self.end_alone:  # hold it back; append the one held before
+            previous = self._held.get(where)
+            self._held[where] = record
+            if previous is None:
+                return
+            record = previous
+        await self._append(where, record)
+
+    async def _append(self, where: tuple[str, int], record: _Record) -> None:
         batch = self._open.get(where)
         if batch is None:
             batch = self._open[where] = self.producer.create_batch()
-        if batch.append(key=key, value=value, timestamp=None, headers=headers or []) is None:
-            # full: send it and start the next one
-            self._futures.append(
-                await self.producer.send_batch(batch, topic_name, partition=partition)
-            )
-            batch = self._open[where] = self.producer.create_batch()
-            if batch.append(key=key, value=value, timestamp=None, headers=headers or []) is None:
-                raise ValueError(f"a {len(value or b'')}-byte record does not fit a batch")
+        if record.append_to(batch):
+            return
+        await self._send_open(where)  # full: send it and start the next one
+        batch = self._open[where] = self.producer.create_batch()
+        if not record.append_to(batch):
+            raise ValueError(f"a {len(record.value or b'')}-byte record does not fit a batch")
+
+    async def _send_open(self, where: tuple[str, int]) -> None:
+        batch = self._open.pop(where)
+        self._futures.append(await self.producer.send_batch(batch, where[0], partition=where[1]))
 
     async def send(self) -> list[asyncio.Future[Any]]:
         """Hand every open batch to the producer; the futures of all batches sent."""
-        for (topic_name, partition), batch in self._open.items():
-            self._futures.append(
-                await self.producer.send_batch(batch, topic_name, partition=partition)
-            )
-        self._open.clear()
+        for where in list(self._open):
+            await self._send_open(where)
+        for where, record in self._held.items():  # each alone, after the rest
+            await self._append(where, record)
+            await self._send_open(where)
+        self._held.clear()
         futures, self._futures = self._futures, []
         return futures
+
+
+@dataclass(frozen=True)
+class _Record:
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]]
+
+    def append_to(self, batch: Any) -> bool:
+        """Whether it fitted (aiokafka's BatchBuilder returns None when full)."""
+        appended = batch.append(
+            key=self.key, value=self.value, timestamp=None, headers=self.headers
+        )
+        return appended is not None

@@ -222,6 +222,10 @@ class StreamsApp:
         self.sessions.data[key] = orjson.dumps(summary)
         changed[key] = partition
 
+    def _changelog_topic(self) -> str:
+        name: str = self.sessions.changelog_topic.get_topic_name()
+        return name
+
     async def _write_sessions(self, out: BatchSender, changed: dict[bytes, int]) -> None:
         """Write the changelog of the sessions a batch touched, on their source partition
         as Faust would.
@@ -232,7 +236,7 @@ class StreamsApp:
         value at the time of writing: recovery needs only the last, and the other agent
         may have updated the same session meanwhile.
         """
-        changelog = self.sessions.changelog_topic.get_topic_name()
+        changelog = self._changelog_topic()
         for key, partition in changed.items():
             await out.add(changelog, partition, key, self.sessions.data[key])
 
@@ -253,7 +257,7 @@ class StreamsApp:
         returns once the broker has acknowledged all of the output."""
         pending: list[Awaitable[RecordMetadata]] = []
         producer = await self.output()
-        out = BatchSender(producer)
+        out = BatchSender(producer, end_alone=[self._changelog_topic()])
         same_partition = await self._audit_partitions_match(producer)
         source = self.topic_name(EVENTS_RAW)
         decoded: list[tuple[ConsumerRecord[bytes, bytes], Event, dict[str, Any]]] = []
@@ -349,7 +353,7 @@ class StreamsApp:
             for session_id, group in by_session.items():
                 summary = sessions.on_frames(self._session(session_id), group)
                 self._put_session(changed, msg.partition, summary)
-        out = BatchSender(producer)
+        out = BatchSender(producer, end_alone=[self._changelog_topic()])
         await self._write_sessions(out, changed)
         pending.extend(await out.send())
         await asyncio.gather(*pending)

@@ -65,3 +65,40 @@ async def test_missing_topic_is_a_clear_error(broker: EmbeddedBroker, tmp_path) 
     s = Settings(home=tmp_path, kafka=broker.bootstrap, topic_prefix="never-created.")
     with pytest.raises(TopicMissing, match=r"never-created\.events\.raw"):
         await start_consumer(s, [EVENTS_RAW], group_id="g")
+
+
+async def test_batch_sender_keeps_order_and_makes_the_log_end_visible_on_tansu(
+    broker: EmbeddedBroker,
+) -> None:
+    """Tansu reports the log end as the last batch's base offset + 1. A plain batch of
+    ten records makes that 1 (a reader that reads "to the end", like Faust's table
+    recovery, would stop after one record); with `end_alone` it is the true end."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from auditcast.kafka import BatchSender, consumer_config
+
+    s = Settings(kafka=broker.bootstrap)
+    producer = await start_producer(s, broker.bootstrap)
+    names = {"plain": f"bs-plain-{free_port()}", "alone": f"bs-alone-{free_port()}"}
+    try:
+        for which, name in names.items():
+            out = BatchSender(producer, end_alone=[name] if which == "alone" else [])
+            for i in range(10):
+                await out.add(name, 0, f"k{i}".encode(), f"v{i}".encode())
+            await asyncio.gather(*await out.send())
+    finally:
+        await producer.stop()
+    consumer = AIOKafkaConsumer(**consumer_config(broker.bootstrap, None))
+    await consumer.start()
+    try:
+        ends = {}
+        for which, name in names.items():
+            tp = TopicPartition(name, 0)
+            consumer.assign([tp])
+            ends[which] = (await consumer.end_offsets([tp]))[tp]
+            await consumer.seek_to_beginning(tp)
+            got = await consumer.getmany(tp, timeout_ms=2000)
+            assert [r.value for r in got.get(tp, [])] == [f"v{i}".encode() for i in range(10)]
+    finally:
+        await consumer.stop()
+    assert ends == {"plain": 1, "alone": 10}
