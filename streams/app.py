@@ -252,9 +252,11 @@ class StreamsApp:
             self._identity_docs[id(identity)] = cached
         return cached[1]
 
-    async def process_raw_batch(self, batch: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
-        """Attribute a batch of `events.raw` records and write them to `events.audit`;
-        returns once the broker has acknowledged all of the output."""
+    async def process_raw_batch(
+        self, batch: Sequence[ConsumerRecord[bytes, bytes]]
+    ) -> asyncio.Future[Any]:
+        """Attribute a batch of `events.raw` records and queue them for `events.audit`;
+        the future completes when the broker has acknowledged all of the output."""
         pending: list[Awaitable[RecordMetadata]] = []
         producer = await self.output()
         out = BatchSender(producer, end_alone=[self._changelog_topic()])
@@ -296,8 +298,8 @@ class StreamsApp:
                 pending.append(await self._alert(producer, event))
         await self._write_sessions(out, changed)
         pending.extend(await out.send())
-        # Durable output before the batch's offsets are committed.
-        await asyncio.gather(*pending)
+        # The audit path commits the batch's offsets once this completes.
+        return asyncio.gather(*pending)
 
     async def _audit_partitions_match(self, producer: AIOKafkaProducer) -> bool:
         """Whether `events.audit` has as many partitions as `events.raw`: then a record's
