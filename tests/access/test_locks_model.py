@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime, timedelta
 
 import orjson
@@ -127,27 +126,29 @@ def test_index_finds_the_lock_and_forgets_removed_ones() -> None:
     assert len(index) == 1
 
 
-def test_index_check_is_far_faster_than_scanning_every_lock() -> None:
+def test_index_over_ten_thousand_locks_answers_like_a_scan_of_every_lock() -> None:
+    """The index must find exactly what checking every lock would. How much faster it is
+    (the microseconds the gateways rely on) is measured by tests/bench/bench_locks.py."""
     index = LockIndex()
     for i in range(10_000):
         index.put(lock(user=f"user{i}", cluster=f"c{i % 50}"))
     index.put(lock(role="devrole", cluster="c1", node="n2"))
-    hit = LockSubject.of(user="user9999", roles=["devrole", "auditor"], cluster="c49")
-    miss = LockSubject.of(user="nobody", roles=["devrole"], cluster="c1", node="n1")
     all_locks = list(index.locks.values())
 
     def scan(subject: LockSubject) -> Lock | None:
         return next((lk for lk in all_locks if lk.matches(subject, NOW)), None)
 
-    def per_call(fn: object, subject: LockSubject, n: int) -> float:
-        t0 = time.perf_counter()
-        for _ in range(n):
-            fn(subject)  # type: ignore[operator]
-        return (time.perf_counter() - t0) / n
-
-    assert index.match(hit, NOW) == scan(hit) is not None
-    assert index.match(miss, NOW) is scan(miss) is None
-    indexed = per_call(lambda s: index.match(s, NOW), miss, 2000)
-    scanned = per_call(scan, miss, 20)
-    # The baseline is measured in the same run, so a slow machine slows both.
-    assert scanned / indexed > 50, (scanned * 1e6, indexed * 1e6)
+    subjects = {
+        "user hit": LockSubject.of(user="user9999", roles=["devrole", "auditor"], cluster="c49"),
+        "user on another cluster": LockSubject.of(user="user9999", cluster="c1"),
+        "role+cluster+node hit": LockSubject.of(
+            user="x", roles=["devrole"], cluster="c1", node="n2"
+        ),
+        "role miss by node": LockSubject.of(
+            user="nobody", roles=["devrole"], cluster="c1", node="n1"
+        ),
+    }
+    found = {name: index.match(subject, NOW) for name, subject in subjects.items()}
+    assert found == {name: scan(subject) for name, subject in subjects.items()}
+    assert found["user hit"] is not None and found["role+cluster+node hit"] is not None
+    assert found["role miss by node"] is None
