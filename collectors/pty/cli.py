@@ -45,6 +45,10 @@ DRAIN_TIMEOUT_S: Final = 60.0
 # spool keeps the session for the drainer (`auditcast up`, `auditcast spool drain`).
 UNREACHABLE_GIVE_UP_S: Final = 5.0
 DRAIN_POLL_S: Final = 0.25
+# rec lets the spool connect before it starts the command: a local broker takes ~0.1 s,
+# a refused connection ends the wait at once, and an unresponsive one costs the user at
+# most this much at start (the session then starts and the spool keeps connecting).
+CONNECT_WAIT_S: Final = 1.0
 # The spool does its file I/O in worker threads. With CPython's default 5 ms GIL switch
 # interval a keystroke echo could wait that long behind one of them (measured: p99
 # echo +2-7 ms); 0.2 ms keeps the user's terminal ahead of the outbox.
@@ -118,8 +122,9 @@ async def record_session(
         term_info["type"] = os.environ["TERM"]
     stdin_fd = _stdin_fd()
     spool = Spool(settings, "rec")
-    started = asyncio.get_running_loop().time()
-    await spool.start()  # connects in the background; recording never waits for it
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await spool.start()  # connects in the background; appends never wait for it
     try:
         recorder = SessionRecorder(
             spool,
@@ -133,6 +138,11 @@ async def record_session(
         )
         recorder.start()
         session_id = recorder.session_id
+        # The connection set-up and the first send are done before the command starts
+        # when they are quick (see CONNECT_WAIT_S): ms of work on this event loop that
+        # would otherwise compete with the user's first keystrokes.
+        if await spool.wait_connected(CONNECT_WAIT_S):
+            await spool.flush(max(0.0, started + CONNECT_WAIT_S - loop.time()))
         bound = {"session_id": session_id}
         log.info("recording", extra={**bound, "fields": {"command": cmd.display}})
         session = PtySession(
