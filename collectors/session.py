@@ -2,8 +2,8 @@
 
 `start()` emits `session.start`; `output`/`input`/`resize`/`marker` add frames that go
 to the spool as one message every ~50 ms or 32 KiB (DESIGN §2); `end()` adds the `x`
-frame and emits `session.end` with the counters. The hot path (`output`) appends a
-tuple to a list and maybe arms a timer: no awaits, no per-byte work, no validation.
+frame and emits `session.end` with the counters. The hot path (`output`) packs the frame
+onto a buffer and maybe arms a timer: no awaits, no per-byte work, no validation.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import time
 import uuid
 from collections.abc import Sequence
 from typing import Any, Final, Protocol
+
+import msgpack
 
 from auditcast.errors import SpoolError
 from auditcast.events import Event, Frame, FrameKind, Source
@@ -75,9 +77,13 @@ class SessionRecorder:
         self._end_event: Event | None = None
         self._seq = 0
         self._t0 = time.monotonic()
-        # Frame records as plain dicts (the `Frame.to_record()` shape): a pydantic
-        # model per echo would cost more than the rest of the hot path together.
-        self._pending: list[dict[str, Any]] = []
+        # Frames packed as they come, each a msgpack map in the `Frame.to_record()`
+        # shape; a flush prefixes the array header, giving `encode_frames`' bytes. No
+        # pydantic model per echo, and no list of dicts to free at once at the flush
+        # (measured in `auditcast rec`: freeing ~300 frame dicts held the loop 1-2 ms).
+        self._packer = msgpack.Packer(use_bin_type=True)
+        self._packed = bytearray()
+        self._pending = 0  # frames in _packed
         self._pending_bytes = 0
         self._timer: asyncio.TimerHandle | None = None
 
@@ -136,9 +142,10 @@ class SessionRecorder:
             self._timer = loop.call_later(FLUSH_INTERVAL_S, self.flush)
 
     def _push(self, kind: FrameKind, t: float, data: bytes) -> None:
-        self._pending.append(
+        self._packed += self._packer.pack(
             {"session_id": self.session_id, "seq": self._seq, "t": t, "kind": kind, "data": data}
         )
+        self._pending += 1
         self._seq += 1
         self._pending_bytes += len(data)
         if self._pending_bytes >= FLUSH_BYTES:
@@ -151,23 +158,25 @@ class SessionRecorder:
             self._timer = None
         if not self._pending:
             return
-        pending, self._pending, self._pending_bytes = self._pending, [], 0
+        pending, value = self._pending, _array_header(self._pending) + self._packed
+        self._packed, self._pending, self._pending_bytes = bytearray(), 0, 0
         sid = self.session_id
         try:
-            fast = getattr(self.spool, "append_frame_records", None)
+            fast = getattr(self.spool, "append_packed_frames", None)
             if fast is not None:
-                fast(sid, pending)
+                fast(sid, bytes(value))
             else:  # any other FrameSink gets Frames (built unvalidated: we made them)
-                self.spool.append_frames(sid, [Frame.model_construct(**r) for r in pending])
+                records = msgpack.unpackb(value, raw=False)
+                self.spool.append_frames(sid, [Frame.model_construct(**r) for r in records])
         except SpoolError as e:  # the session goes on; the spool reports its own alert
-            self.frames_lost += len(pending)
+            self.frames_lost += pending
             log.error(
                 "recording frames not spooled: %s",
                 e,
-                extra={"session_id": sid, "fields": {"frames": len(pending)}},
+                extra={"session_id": sid, "fields": {"frames": pending}},
             )
             return
-        self.frames += len(pending)
+        self.frames += pending
 
     def end(self, exit_code: int | None, **fields: Any) -> Event:
         """Close the recording: the `x` frame, then `session.end` with the counters.
@@ -203,3 +212,12 @@ class SessionRecorder:
                 extra={"session_id": self.session_id, "event_id": ev.id},
             )
         return ev
+
+
+def _array_header(n: int) -> bytes:
+    """The msgpack array header for `n` items (what `packb` puts before a list)."""
+    if n < 16:
+        return bytes([0x90 | n])
+    if n < 1 << 16:
+        return b"\xdc" + n.to_bytes(2, "big")
+    return b"\xdd" + n.to_bytes(4, "big")

@@ -348,6 +348,11 @@ class Spool:
             value = self._packer.pack(records)
             self.append(SESSION_FRAMES, session_id.encode(), value)
 
+    def append_packed_frames(self, session_id: str, value: bytes) -> None:
+        """`append_frames` for a batch already packed as `encode_frames` packs it (a
+        msgpack array of frame-record maps: `SessionRecorder` packs frames as they come)."""
+        self.append(SESSION_FRAMES, session_id.encode(), value)
+
     def _append(self, full_topic: str, key: bytes, value: bytes, *, check_cap: bool) -> None:
         seg = self._active
         if seg is None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from auditcast.collectors.session import FLUSH_BYTES, SessionRecorder
+import msgpack
+
+from auditcast.collectors.session import FLUSH_BYTES, SessionRecorder, _array_header
 from auditcast.collectors.spool import Spool
 from auditcast.events import Event, Frame, Source, decode_event, decode_frames, encode_frames
 from auditcast.settings import Settings
@@ -163,3 +165,62 @@ async def test_full_spool_loses_frames_not_the_session(tmp_path: Path) -> None:
     assert end.model_extra is not None and end.model_extra["frames_lost"] == rec.frames_lost
     assert spool.stats.full_refusals >= 2
     await spool.close(0)
+
+
+async def test_packed_batches_are_the_bytes_the_kernel_codec_writes_at_every_size() -> None:
+    """The recorder packs frames one by one and prefixes msgpack's array header; across
+    the header's size classes (fixarray < 16, array16, array32) that must equal
+    `encode_frames` of the same frames, or consumers would read another batch."""
+
+    class Packed:
+        def __init__(self) -> None:
+            self.values: list[bytes] = []
+
+        def append_event(self, event: Event) -> None:
+            pass
+
+        def append_frames(self, session_id: str, frames: object) -> None:
+            raise AssertionError("the packed fast path should be used")
+
+        def append_packed_frames(self, session_id: str, value: bytes) -> None:
+            self.values.append(value)
+
+    for n in (1, 15, 16, 300):
+        sink = Packed()
+        rec = SessionRecorder(sink, kind="pty")
+        for i in range(n):
+            rec.output(bytes([i % 256]))
+        rec.flush()  # before the 50 ms timer
+        assert len(sink.values) == 1
+        assert sink.values[0] == encode_frames(decode_frames(sink.values[0]))
+        assert [f.data for f in decode_frames(sink.values[0])] == [
+            bytes([i % 256]) for i in range(n)
+        ]
+    # A flush holds at most 32 KiB of data, so array32 is only reached by the header:
+    for n in (0, 15, 16, 65535, 65536, 70000):
+        assert _array_header(n) == msgpack.packb([None] * n)[: len(_array_header(n))]
+
+
+def test_a_sink_without_the_packed_path_gets_the_frames() -> None:
+    class Plain:
+        def __init__(self) -> None:
+            self.batches: list[list[Frame]] = []
+
+        def append_event(self, event: Event) -> None:
+            pass
+
+        def append_frames(self, session_id: str, frames: list[Frame]) -> None:
+            self.batches.append(list(frames))
+
+    sink = Plain()
+    rec = SessionRecorder(sink, kind="pty")
+    rec.output(b"\xff raw \x1b[0m")
+    rec.resize(100, 30)
+    rec.end(0)
+    frames = [f for b in sink.batches for f in b]
+    assert [(f.seq, f.kind, f.data) for f in frames] == [
+        (0, "o", b"\xff raw \x1b[0m"),
+        (1, "r", b"100x30"),
+        (2, "x", b"0"),
+    ]
+    assert all(f.session_id == rec.session_id for f in frames)
