@@ -262,6 +262,24 @@ class CertificateAuthority:
         rotated out within SSH_CA_GRACE."""
         return [ln for ln in (self.dir / "user_ca.pub").read_text().splitlines() if ln.strip()]
 
+    def trusted_user_ca_keys(
+        self, grace: dt.timedelta = SSH_CA_GRACE
+    ) -> list[tuple[str, dt.datetime | None]]:
+        """(public key line, trusted until) for every user CA key a gateway accepts: the
+        current key (None: no end), then each key rotated out less than `grace` ago,
+        until its rotation time (the file's mtime) plus `grace`."""
+        keys: list[tuple[str, dt.datetime | None]] = [
+            (_ssh_pub_line("user_ca", self.user_ca), None)
+        ]
+        old = self.dir / "user_ca.old"
+        now = dt.datetime.now(dt.UTC)
+        if old.is_dir():
+            for p in sorted(old.glob("*.pub"), key=lambda p: -p.stat().st_mtime):
+                until = dt.datetime.fromtimestamp(p.stat().st_mtime, dt.UTC) + grace
+                if until > now:
+                    keys.append((p.read_text().strip(), until))
+        return keys
+
     def host_ca_known_hosts_line(self, pattern: str = "*") -> str:
         """What makes OpenSSH trust every host the host CA signed: one `@cert-authority`
         line per trusted host CA key (two during a rotation's grace period)."""

@@ -36,6 +36,16 @@ def load_keys(settings: Settings, host_names: tuple[str, ...] = ()) -> GatewayKe
         user_ca = asyncssh.read_private_key(ca.dir / "user_ca")
     except (OSError, asyncssh.KeyImportError) as e:
         raise ConfigError(f"cannot read the auditcast user CA in {ca.dir}: {e}") from None
+    # After `auditcast ca rotate user` the previous key stays trusted for the grace
+    # period, so certificates issued before the rotation keep working until they expire.
+    try:
+        previous = tuple(
+            (asyncssh.import_public_key(line), until)
+            for line, until in ca.trusted_user_ca_keys()
+            if until is not None
+        )
+    except asyncssh.KeyImportError as e:
+        raise ConfigError(f"cannot read a previous user CA key in {ca.dir}: {e}") from None
     host_key = asyncssh.generate_private_key("ssh-ed25519")
     names = host_names or ("localhost", "127.0.0.1", socket.gethostname())
     line = ca.sign_host_cert(
@@ -46,6 +56,7 @@ def load_keys(settings: Settings, host_names: tuple[str, ...] = ()) -> GatewayKe
     )
     return GatewayKeys(
         user_ca=user_ca,
+        previous_user_cas=previous,
         host_key=host_key,
         host_cert=asyncssh.import_certificate(line),
         node_known_hosts=ca.host_ca_known_hosts_line() + "\n",
