@@ -67,6 +67,10 @@ MFA_PROMPT: Final = "auditcast MFA code: "
 CIPHERS: Final = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
 # Bigger flow-control windows keep the node streaming while the client leg drains.
 WINDOW_BYTES: Final = 8 * 1024 * 1024
+# The node may send the gateway data packets this big (OpenSSH's transport limit is
+# 256 KiB per packet): a quarter of the decrypt calls, reads and relay callbacks of the
+# 32 KiB default. Packets to the user stay at what the user's client accepts.
+UPSTREAM_MAX_PKTSIZE: Final = 256 * 1024 - 4096
 
 
 @dataclass
@@ -80,9 +84,23 @@ class GatewayKeys:
     # Trust for node host keys: known_hosts text (e.g. `@cert-authority * <host CA>`),
     # or None to accept any node host key (test and lab setups only).
     node_known_hosts: str | None = None
+    # User CA public keys trusted besides `user_ca`, each until a time (None: no end):
+    # during a CA rotation the previous key, for as long as its certificates can live.
+    previous_user_cas: tuple[tuple[asyncssh.SSHKey, datetime | None], ...] = ()
     _client_key: asyncssh.SSHKey = field(
         default_factory=lambda: asyncssh.generate_private_key("ssh-ed25519")
     )
+
+    def trusts_user_ca(self, ca: asyncssh.SSHKey, now: datetime | None = None) -> bool:
+        """Whether certificates signed by `ca` are accepted now: the current user CA,
+        or a previous one still inside its rotation grace period."""
+        if ca.public_data == self.user_ca.public_data:
+            return True
+        now = now or datetime.now(UTC)
+        return any(
+            ca.public_data == key.public_data and (until is None or now < until)
+            for key, until in self.previous_user_cas
+        )
 
     def upstream_identity(
         self, login: str, user: str, credential_id: str
@@ -148,7 +166,11 @@ class SSHGateway:
             allow_scp=False,
             login_timeout=60,
             encryption_algs=list(CIPHERS),
+            compression_algs=None,
             window=WINDOW_BYTES,
+            # The node does the line editing; asyncssh's editor wrapper would only add a
+            # delegation hop to every write and every byte typed.
+            line_editor=False,
         )
         if self.policy.locks is not None:
             # A listener runs in the view's own task the moment a lock record is read:
@@ -270,7 +292,7 @@ class _ClientConnection(asyncssh.SSHServer):
         return False
 
     def validate_ca_key(self, username: str, key: asyncssh.SSHKey) -> bool:
-        return bool(key.public_data == self.gw.keys.user_ca.public_data)
+        return self.gw.keys.trusts_user_ca(key)
 
     def kbdint_auth_supported(self) -> bool:
         return self.mfa_pending
@@ -373,7 +395,7 @@ class _ClientConnection(asyncssh.SSHServer):
         base: dict[str, Any] = {"user": cert.user or None, "credential_id": cert.credential_id}
         if isinstance(dest, Destination):
             base.update(login=dest.login, node=dest.node)
-        if ca.public_data != self.gw.keys.user_ca.public_data:
+        if not self.gw.keys.trusts_user_ca(ca):
             return self._refuse(
                 Refusal(
                     "cert_untrusted_ca",
@@ -506,7 +528,9 @@ class _ClientConnection(asyncssh.SSHServer):
                         encoding=None,
                         preferred_auth=["publickey"],
                         encryption_algs=list(CIPHERS),
+                        compression_algs=None,
                         window=WINDOW_BYTES,
+                        max_pktsize=UPSTREAM_MAX_PKTSIZE,
                     ),
                     UPSTREAM_CONNECT_TIMEOUT_S,
                 )
