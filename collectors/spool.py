@@ -60,6 +60,7 @@ from auditcast.events import Event, Frame, Source, encode_frames
 from auditcast.kafka import (
     CONNECT_TIMEOUT_S,
     MAX_REQUEST_BYTES,
+    BatchSender,
     ensure_topics,
     resolve_bootstrap,
     start_producer,
@@ -834,9 +835,8 @@ class Spool:
         """
         producer = self._producer
         assert producer is not None
-        futures: list[asyncio.Future[Any]] = []
+        out = BatchSender(producer)
         partition_of: dict[tuple[str, bytes], int] = {}
-        open_batches: dict[tuple[str, int], Any] = {}
         since_yield = 0
         for r in batch:
             since_yield += len(r.value)
@@ -847,17 +847,11 @@ class Spool:
             if p is None:
                 parts = sorted(await producer.partitions_for(r.topic))
                 p = partition_of[(r.topic, r.key)] = _PARTITIONER(r.key, parts, parts)
-            b = open_batches.get((r.topic, p))
-            if b is None:
-                b = open_batches[(r.topic, p)] = producer.create_batch()
-            if b.append(key=r.key, value=r.value, timestamp=None) is None:  # full
-                futures.append(await producer.send_batch(b, r.topic, partition=p))
-                b = open_batches[(r.topic, p)] = producer.create_batch()
-                if b.append(key=r.key, value=r.value, timestamp=None) is None:
-                    raise SpoolError(f"a {len(r.value)}-byte record does not fit a batch")
-        for (t, p), b in open_batches.items():
-            futures.append(await producer.send_batch(b, t, partition=p))
-        return futures
+            try:
+                await out.add(r.topic, p, r.key, r.value)
+            except ValueError as e:
+                raise SpoolError(str(e)) from None
+        return await out.send()
 
     def _report_full(self) -> None:
         """Once the broker takes records again, say how many the full spool refused."""
