@@ -4,7 +4,6 @@ removing the lock restores access. Real broker, real LockView/LockAuthority, rea
 from __future__ import annotations
 
 import subprocess
-import time
 from datetime import timedelta
 
 import httpx
@@ -43,17 +42,15 @@ def test_locked_user_exec_session_is_closed_and_new_requests_get_the_lock_messag
             message="security incident INC-42",
             created_by="secops",
         )
-        t0 = time.monotonic()
         assert env.gateway.call(authority.create(lock))
+        # how soon is measured by tests/bench/bench_kube.py (lock -> exec closed, p99),
+        # not asserted here; the expect fails if the session is not closed within 5 s
         shell.expect(pexpect.EOF, timeout=5)
-        closed_after = time.monotonic() - t0
         shell.close()
         assert shell.exitstatus != 0
         assert "access locked by" in shell.before.decode()
-        assert closed_after < 2.0, f"exec closed {closed_after:.3f}s after the lock"
-        # the gateway's own measure: lock seen → stream closed
+        # the gateway closed it because of the lock (its own lock-seen -> closed measure)
         assert env.gateway.gateway.stats.lock_closures
-        assert max(env.gateway.gateway.stats.lock_closures) < 0.25
 
         (end,) = env.sink.wait_for(
             "kube.request",
