@@ -798,8 +798,9 @@ class Spool:
                     seg.filling = False
             if not seg.queue:
                 if seg.acked < seg.read:  # only corrupt bytes were left
-                    seg.acked = seg.read
-                    await asyncio.to_thread(_write_ack, seg.path, seg.acked, self._cluster_id)
+                    acked = seg.read
+                    await asyncio.to_thread(_write_ack, seg.path, acked, self._cluster_id)
+                    seg.acked = acked
                 if self._finish_if_done(seg):
                     self._segments.remove(seg)
                 continue
@@ -808,11 +809,14 @@ class Spool:
             await asyncio.wait_for(asyncio.gather(*futures), SEND_TIMEOUT_S)
             del seg.queue[: len(batch)]
             # With the queue empty, corrupt bytes after the last record are done too.
-            seg.acked = batch[-1].end if seg.queue else seg.read
+            acked = batch[-1].end if seg.queue else seg.read
+            # The sidecar first; then offsets and counters move together with no await
+            # between them, so flush() never sees the records acked but not yet counted.
+            await asyncio.to_thread(_write_ack, seg.path, acked, self._cluster_id)
+            seg.acked = acked
             seg.queued_bytes = seg.read - seg.acked
             seg.acked_records += len(batch)
             seg.cluster = self._cluster_id
-            await asyncio.to_thread(_write_ack, seg.path, seg.acked, seg.cluster)
             seg.pending_since = time.monotonic() if seg.pending else None
             self._stats.sent_records += len(batch)
             if self._finish_if_done(seg):
