@@ -44,6 +44,7 @@ from auditcast.collectors.kube.channels import (
     negotiate,
     parse_protocol_header,
 )
+from auditcast.collectors.kube.h2front import AlpnSite, http_version
 from auditcast.collectors.kube.policy import (
     KubeClaims,
     RolePolicy,
@@ -198,7 +199,15 @@ class KubeGateway:
             max_line_size=4 * self.max_header_bytes,
         )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, ssl_context=ssl_context, backlog=512)
+        # ALPN: http/1.1 connections go to aiohttp, h2 ones to h2front (same handler)
+        site = AlpnSite(
+            self._runner,
+            host,
+            port,
+            ssl_context=ssl_context,
+            backlog=512,
+            max_header_list_size=4 * self.max_header_bytes,
+        )
         await site.start()
         self.port = _bound_port(site)
 
@@ -365,6 +374,7 @@ class KubeGateway:
                 user_agent=request.headers.get("User-Agent"),
             ),
             "method": request.method,
+            "http_version": http_version(request),
             "request_path": upstream_path,
             "request_query": request.query_string,
             "verb": info.verb,

@@ -1,0 +1,518 @@
+"""HTTP/2 for the kube gateway: ALPN on the TLS listener, and each h2 stream served by
+the gateway's one aiohttp request handler.
+
+The listener offers `h2` and `http/1.1`. An http/1.1 connection goes to aiohttp as
+before (WebSocket and SPDY upgrades for exec/attach/port-forward included: kubectl asks
+for http/1.1 there). An h2 connection gets an `H2Front`, which runs the h2 state machine
+(the `h2` package, no I/O of its own) and turns every stream into one in-memory
+HTTP/1.1 exchange with a fresh aiohttp `RequestHandler`: the request is written to it
+with h11, its answer is read back with h11 and sent as HEADERS and DATA on the stream.
+The policy code (tokens, locks, labels, MFA, impersonation, events, streaming, Status
+refusals) therefore exists once, in `KubeGateway.handle`; this module only moves bytes.
+
+The in-memory exchange (`_StreamBridge`) is the aiohttp handler's transport, so:
+- `request.remote` is the h2 client's real address (no header to trust: nothing else
+  can reach this "connection");
+- `request.get_extra_info(HTTP_VERSION)` is "2" (see `http_version`);
+- back-pressure is per stream: DATA is sent only within the client's flow-control
+  window; once more than `STREAM_HIGH_WATER` waits, the handler's writes block
+  (`pause_writing`), so a watch nobody reads stops reading its upstream;
+- RST_STREAM from the client is a lost connection to that handler only (aiohttp then
+  cancels it, and a watch emits its end event); a lock ending a watch finishes the
+  HTTP/1.1 answer, which becomes END_STREAM.
+
+Connection errors (no preface, bad frames, HPACK bombs, too many streams) get a GOAWAY
+from the h2 state machine and a log line; the listener keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from collections.abc import Callable
+from typing import Any, Final
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
+import h2.settings
+import h11
+from aiohttp import web
+from h2.errors import ErrorCodes
+
+log = logging.getLogger("auditcast.kube.h2")
+
+ALPN_PROTOCOLS: Final = ("h2", "http/1.1")
+# The extra-info key under which a stream's transport says it came over HTTP/2.
+HTTP_VERSION: Final = "auditcast_http_version"
+# Go's http2 server allows 250 concurrent streams; kubectl opens a handful (discovery
+# fans out to ~20). The h2 package's default is 100.
+MAX_CONCURRENT_STREAMS: Final = 250
+# More than this much of one stream's answer waiting for the client's window pauses the
+# handler's writes (aiohttp's own writer drains at 64 KiB too).
+STREAM_HIGH_WATER: Final = 64 * 1024
+STREAM_LOW_WATER: Final = 16 * 1024
+# An h2 connection without open streams for this long is closed with a GOAWAY (aiohttp's
+# keep-alive timeout for HTTP/1.1 is 75 s; Go clients reconnect transparently).
+IDLE_TIMEOUT: Final = 75.0
+# The upstream's answer headers pass through h11 here; the apiserver itself allows 1 MiB.
+MAX_ANSWER_HEADER_BYTES: Final = 1024 * 1024
+# Headers that only mean something on one HTTP/1.1 hop (RFC 9113 §8.2.2).
+HOP_BY_HOP: Final = frozenset(
+    {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"te"}
+)
+
+
+def http_version(request: web.BaseRequest) -> str:
+    """ "2" for a request that came over an h2 stream, else the HTTP/1.x version."""
+    over_h2 = request.get_extra_info(HTTP_VERSION)
+    if over_h2:
+        return str(over_h2)
+    return f"{request.version.major}.{request.version.minor}"
+
+
+def offer_h2(context: ssl.SSLContext) -> None:
+    context.set_alpn_protocols(list(ALPN_PROTOCOLS))
+
+
+class AlpnSite(web.TCPSite):
+    """aiohttp's TCPSite, with ALPN choosing between aiohttp (http/1.1) and `H2Front`.
+
+    `ssl_context` gets `h2` and `http/1.1` as its ALPN protocols."""
+
+    def __init__(
+        self,
+        runner: web.BaseRunner,
+        host: str,
+        port: int,
+        *,
+        ssl_context: ssl.SSLContext,
+        backlog: int = 128,
+        max_header_list_size: int,
+    ) -> None:
+        offer_h2(ssl_context)
+        super().__init__(runner, host, port, ssl_context=ssl_context, backlog=backlog)
+        self.max_header_list_size = max_header_list_size
+        self.fronts: set[H2Front] = set()
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)  # registers the site with its runner
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _AlpnDispatch(self),
+            self._host,
+            self._port,
+            ssl=self._ssl_context,
+            backlog=self._backlog,
+            reuse_address=self._reuse_address,
+            reuse_port=self._reuse_port,
+        )
+        self._bound_port = self._server.sockets[0].getsockname()[1]
+
+    def protocol_for(self, alpn: str | None) -> asyncio.BaseProtocol:
+        server = self._runner.server
+        assert server is not None
+        if alpn != "h2":
+            return server()
+        return H2Front(server, self.max_header_list_size, self.fronts)
+
+    async def stop(self) -> None:
+        for front in list(self.fronts):
+            front.shutdown()
+        await super().stop()
+
+
+class _AlpnDispatch(asyncio.Protocol):
+    """Lives only until the TLS handshake is done, then hands the connection on."""
+
+    def __init__(self, site: AlpnSite) -> None:
+        self.site = site
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        ssl_object = transport.get_extra_info("ssl_object")
+        alpn = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
+        protocol = self.site.protocol_for(alpn)
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+
+
+class H2Front(asyncio.Protocol):
+    """One HTTP/2 connection: frames in, one `_StreamBridge` per stream."""
+
+    def __init__(
+        self,
+        server: Callable[[], asyncio.Protocol],
+        max_header_list_size: int,
+        registry: set[H2Front] | None = None,
+    ) -> None:
+        self.server = server
+        self.max_header_list_size = max_header_list_size
+        self.registry = registry if registry is not None else set()
+        self.conn = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=False, header_encoding=None)
+        )
+        self.transport: asyncio.Transport | None = None
+        self.streams: dict[int, _StreamBridge] = {}
+        self.write_paused = False
+        self.goaway_received = False
+        self.peer: Any = None
+        self._idle: asyncio.TimerHandle | None = None
+
+    # asyncio.Protocol -------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.peer = transport.get_extra_info("peername")
+        self.registry.add(self)
+        self.conn.local_settings = h2.settings.Settings(
+            client=False,
+            initial_values={
+                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_CONCURRENT_STREAMS,
+                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: self.max_header_list_size,
+            },
+        )
+        # the settings above are what we announce; the decoder enforces the same limit
+        # from the first HEADERS frame on, not only once the client acknowledged them
+        self.conn.decoder.max_header_list_size = self.max_header_list_size
+        self.conn.initiate_connection()
+        self._send()
+        self._arm_idle()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            events = self.conn.receive_data(data)
+        except h2.exceptions.ProtocolError as e:
+            # the state machine has queued a GOAWAY with the matching error code
+            log.warning(
+                "http/2 connection error: sent GOAWAY and closed it",
+                extra={"fields": {"peer": _peer(self.peer), "error": str(e) or type(e).__name__}},
+            )
+            self._send()
+            self._close()
+            return
+        for event in events:
+            self._on_event(event)
+        self._send()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.registry.discard(self)
+        if self._idle is not None:
+            self._idle.cancel()
+        for bridge in list(self.streams.values()):
+            bridge.lost(exc or ConnectionResetError("HTTP/2 connection closed"))
+        self.streams.clear()
+        self.transport = None
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        for bridge in list(self.streams.values()):
+            self.flush(bridge)
+        self._send()
+
+    # h2 events --------------------------------------------------------------------------
+    def _on_event(self, event: h2.events.Event) -> None:
+        if isinstance(event, h2.events.RequestReceived):
+            self._open(event)
+        elif isinstance(event, h2.events.DataReceived):
+            bridge = self.streams.get(event.stream_id or 0)
+            if bridge is None:
+                self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            else:
+                bridge.body(event.data or b"", event.flow_controlled_length)
+        elif isinstance(event, h2.events.StreamEnded):
+            bridge = self.streams.get(event.stream_id or 0)
+            if bridge is not None:
+                bridge.body_end()
+        elif isinstance(event, h2.events.StreamReset):
+            bridge = self.streams.get(event.stream_id or 0)
+            if bridge is not None:
+                self._done(bridge)
+                bridge.lost(ConnectionResetError("stream reset by the client"))
+        elif isinstance(event, h2.events.WindowUpdated | h2.events.RemoteSettingsChanged):
+            stream_id = getattr(event, "stream_id", 0)
+            targets = [self.streams[stream_id]] if stream_id in self.streams else []
+            for bridge in targets or list(self.streams.values()):
+                self.flush(bridge)
+        elif isinstance(event, h2.events.ConnectionTerminated):
+            # the client opens no more streams: let the open ones finish
+            self.goaway_received = True
+            if not self.streams:
+                self._close()
+
+    def _open(self, event: h2.events.RequestReceived) -> None:
+        stream_id = event.stream_id or 0
+        bridge = _StreamBridge(self, stream_id)
+        try:
+            head = bridge.h1.send(_h1_request(event.headers or [], event.stream_ended is not None))
+        except (h11.LocalProtocolError, ValueError) as e:
+            log.info(
+                "http/2 request refused: %s",
+                e,
+                extra={"fields": {"peer": _peer(self.peer), "stream": stream_id}},
+            )
+            self.conn.reset_stream(stream_id, ErrorCodes.PROTOCOL_ERROR)
+            return
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+        self.streams[stream_id] = bridge
+        bridge.start(head or b"")  # the StreamEnded event that may follow ends the body
+
+    # sending ----------------------------------------------------------------------------
+    def flush(self, bridge: _StreamBridge) -> None:
+        """Send what the stream's and the connection's windows allow of its answer."""
+        if self.transport is None or self.streams.get(bridge.stream_id) is not bridge:
+            return
+        sid = bridge.stream_id
+        try:
+            if bridge.head is not None:
+                self.conn.send_headers(sid, bridge.head)
+                bridge.head = None
+            while bridge.pending and not self.write_paused:
+                room = min(
+                    self.conn.local_flow_control_window(sid), self.conn.max_outbound_frame_size
+                )
+                if room <= 0:
+                    break
+                chunk = bytes(bridge.pending[:room])
+                del bridge.pending[:room]
+                self.conn.send_data(sid, chunk)
+            if bridge.answered and not bridge.pending:
+                self.conn.end_stream(sid)
+                self._done(bridge)
+        except h2.exceptions.StreamClosedError:
+            self._done(bridge)
+            bridge.lost(ConnectionResetError("stream closed by the client"))
+        bridge.update_pressure()
+
+    def reset(self, bridge: _StreamBridge, code: ErrorCodes = ErrorCodes.INTERNAL_ERROR) -> None:
+        if self.streams.get(bridge.stream_id) is bridge:
+            self._done(bridge)
+            with contextlib.suppress(h2.exceptions.StreamClosedError):
+                self.conn.reset_stream(bridge.stream_id, code)
+            self._send()
+
+    def _done(self, bridge: _StreamBridge) -> None:
+        self.streams.pop(bridge.stream_id, None)
+        if self.goaway_received and not self.streams:
+            self._close()
+        self._arm_idle()
+
+    def _send(self) -> None:
+        data = self.conn.data_to_send()
+        if data and self.transport is not None:
+            self.transport.write(data)
+
+    def ack(self, stream_id: int, length: int) -> None:
+        with contextlib.suppress(h2.exceptions.StreamClosedError):
+            self.conn.acknowledge_received_data(length, stream_id)
+        self._send()
+
+    # closing ----------------------------------------------------------------------------
+    def _arm_idle(self) -> None:
+        if self.streams or self.transport is None:
+            return
+        if self._idle is not None:
+            self._idle.cancel()
+        self._idle = asyncio.get_running_loop().call_later(IDLE_TIMEOUT, self.shutdown)
+
+    def shutdown(self) -> None:
+        """GOAWAY (no error) and close: the idle timeout and the gateway's stop."""
+        if self.transport is None:
+            return
+        with contextlib.suppress(h2.exceptions.ProtocolError):
+            self.conn.close_connection()
+        self._send()
+        self._close()
+
+    def _close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+class _StreamBridge(asyncio.Transport):
+    """One h2 stream as the transport of one aiohttp RequestHandler, spoken in HTTP/1.1."""
+
+    def __init__(self, front: H2Front, stream_id: int) -> None:
+        super().__init__()
+        self.front = front
+        self.stream_id = stream_id
+        self.h1 = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_ANSWER_HEADER_BYTES)
+        self.handler: asyncio.Protocol | None = None
+        self.head: list[tuple[bytes, bytes]] | None = None
+        self.pending = bytearray()
+        self.answered = False  # the whole answer is in `pending` (then END_STREAM)
+        self.closed = False
+        self.handler_paused = False
+        self.reading_paused = False
+        self.unacked = 0
+
+    # the request, from the h2 client to the handler ------------------------------------
+    def start(self, head: bytes) -> None:
+        handler = self.front.server()
+        self.handler = handler
+        handler.connection_made(self)
+        handler.data_received(head)
+
+    def body(self, data: bytes, flow_controlled_length: int) -> None:
+        if self.closed or self.handler is None:
+            self.front.ack(self.stream_id, flow_controlled_length)
+            return
+        chunk = self.h1.send(h11.Data(data=data)) if data else b""
+        if chunk:
+            self.handler.data_received(chunk)
+        # the window reopens as the handler takes the body, not before (its reader
+        # pauses us once it holds too much)
+        if self.reading_paused:
+            self.unacked += flow_controlled_length
+        else:
+            self.front.ack(self.stream_id, flow_controlled_length)
+
+    def body_end(self) -> None:
+        if self.closed or self.handler is None:
+            return
+        with contextlib.suppress(h11.LocalProtocolError):
+            tail = self.h1.send(h11.EndOfMessage())
+            if tail:
+                self.handler.data_received(tail)
+
+    def lost(self, exc: BaseException) -> None:
+        """The client or the connection went away: the handler sees a lost connection."""
+        if self.closed:
+            return
+        self.closed = True
+        self.pending.clear()
+        if self.handler is not None:
+            self.handler.connection_lost(exc)
+
+    # asyncio.Transport, as aiohttp's handler uses it -------------------------------------
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self.closed or self.answered:
+            return
+        try:
+            self.h1.receive_data(bytes(data))
+            while True:
+                event = self.h1.next_event()
+                if event is h11.NEED_DATA or event is h11.PAUSED:
+                    break
+                if isinstance(event, h11.Response):
+                    self.head = _h2_response_head(event)
+                elif isinstance(event, h11.Data):
+                    self.pending += event.data
+                elif isinstance(event, h11.EndOfMessage):
+                    self.answered = True
+                    break
+                elif isinstance(event, h11.ConnectionClosed):
+                    break
+                # h11.InformationalResponse (100 Continue): nothing to forward
+        except h11.RemoteProtocolError as e:
+            log.warning("http/2: the handler's answer is not valid HTTP/1.1: %s", e)
+            self.front.reset(self)
+            self.lost(ConnectionResetError(str(e)))
+            return
+        self.front.flush(self)
+        self.front._send()
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        """The handler is done with this exchange (it sent `Connection: close`)."""
+        if self.closed:
+            return
+        if not self.answered:
+            # ended without a complete answer: the client must not wait for one
+            self.front.reset(self)
+        self.closed = True
+        handler = self.handler
+        if handler is not None:
+            asyncio.get_running_loop().call_soon(handler.connection_lost, None)
+
+    def abort(self) -> None:
+        self.close()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == HTTP_VERSION:
+            return "2"
+        if name == "socket":
+            return None  # socket options are the connection's, not a stream's
+        transport = self.front.transport
+        return transport.get_extra_info(name, default) if transport is not None else default
+
+    def pause_reading(self) -> None:
+        self.reading_paused = True
+
+    def resume_reading(self) -> None:
+        self.reading_paused = False
+        if self.unacked:
+            length, self.unacked = self.unacked, 0
+            self.front.ack(self.stream_id, length)
+
+    def is_reading(self) -> bool:
+        return not self.reading_paused
+
+    def get_write_buffer_size(self) -> int:
+        return len(self.pending)
+
+    def can_write_eof(self) -> bool:
+        return False
+
+    def update_pressure(self) -> None:
+        """Pause the handler's writes while the client's window holds the answer back."""
+        handler = self.handler
+        if handler is None or self.closed:
+            return
+        if not self.handler_paused and len(self.pending) > STREAM_HIGH_WATER:
+            self.handler_paused = True
+            handler.pause_writing()
+        elif self.handler_paused and len(self.pending) <= STREAM_LOW_WATER:
+            self.handler_paused = False
+            handler.resume_writing()
+
+
+def _h1_request(headers: list[tuple[bytes, bytes]], ended: bool) -> h11.Request:
+    """The HTTP/1.1 request for an h2 request head (RFC 9113 §8.3.1)."""
+    pseudo: dict[bytes, bytes] = {}
+    fields: list[tuple[bytes, bytes]] = []
+    cookies: list[bytes] = []
+    host = b""
+    length = False
+    for name, value in headers:
+        if name.startswith(b":"):
+            pseudo[name] = value
+        elif name == b"cookie":
+            cookies.append(value)
+        elif name == b"host":
+            host = host or value
+        elif name not in HOP_BY_HOP:
+            length = length or name == b"content-length"
+            fields.append((name, value))
+    if cookies:
+        fields.append((b"cookie", b"; ".join(cookies)))
+    if not ended and not length:
+        fields.append((b"transfer-encoding", b"chunked"))
+    fields.append((b"connection", b"close"))
+    authority = pseudo.get(b":authority") or host or b"localhost"
+    if b":method" not in pseudo or b":path" not in pseudo:
+        raise ValueError("no :method or :path")
+    return h11.Request(
+        method=pseudo[b":method"], target=pseudo[b":path"], headers=[(b"host", authority), *fields]
+    )
+
+
+def _h2_response_head(response: h11.Response) -> list[tuple[bytes, bytes]]:
+    head = [(b":status", str(response.status_code).encode())]
+    head += [(k, v) for k, v in response.headers if k not in HOP_BY_HOP]
+    return head
+
+
+def _peer(peer: Any) -> str:
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return f"{peer[0]}:{peer[1]}"
+    return str(peer or "")
