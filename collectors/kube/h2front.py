@@ -156,6 +156,7 @@ class H2Front(asyncio.Protocol):
         )
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, _StreamBridge] = {}
+        self.frames = FrameLengthGuard(self.conn.max_inbound_frame_size)
         self.write_paused = False
         self.goaway_received = False
         self.peer: Any = None
@@ -183,9 +184,14 @@ class H2Front(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         try:
+            self.frames.feed(data)
             events = self.conn.receive_data(data)
         except h2.exceptions.ProtocolError as e:
-            # the state machine has queued a GOAWAY with the matching error code
+            # a bad frame makes the state machine queue a GOAWAY itself; a bad client
+            # preface is refused before it gets there, so that GOAWAY is ours
+            if self.conn.state_machine.state is not h2.connection.ConnectionState.CLOSED:
+                with contextlib.suppress(h2.exceptions.ProtocolError):
+                    self.conn.close_connection(error_code=e.error_code)
             log.warning(
                 "http/2 connection error: sent GOAWAY and closed it",
                 extra={"fields": {"peer": _peer(self.peer), "error": str(e) or type(e).__name__}},
@@ -334,6 +340,52 @@ class H2Front(asyncio.Protocol):
     def _close(self) -> None:
         if self.transport is not None:
             self.transport.close()
+
+
+class FrameLengthGuard:
+    """Refuses a frame by its 9-byte header when it announces more than `limit` bytes.
+
+    The h2 state machine checks a frame's length only once the whole frame is in, so a
+    client announcing a 16 MiB frame would make us hold 16 MiB first. This follows the
+    frame boundaries in the byte stream (after the client preface) instead."""
+
+    PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+    HEADER_BYTES: Final = 9
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._preface = len(self.PREFACE)  # preface bytes still to come
+        self._skip = 0  # payload bytes until the next frame header
+        self._header = b""
+
+    def feed(self, data: bytes) -> None:
+        """Raises h2's ProtocolError (bad preface) or FrameTooLargeError."""
+        view = memoryview(data)
+        if self._preface:
+            n = min(self._preface, len(view))
+            at = len(self.PREFACE) - self._preface
+            if view[:n] != self.PREFACE[at : at + n]:
+                raise h2.exceptions.ProtocolError("invalid HTTP/2 client preface")
+            self._preface -= n
+            view = view[n:]
+        while view:
+            if self._skip:
+                n = min(self._skip, len(view))
+                self._skip -= n
+                view = view[n:]
+                continue
+            need = self.HEADER_BYTES - len(self._header)
+            self._header += bytes(view[:need])
+            view = view[need:]
+            if len(self._header) < self.HEADER_BYTES:
+                return
+            length = int.from_bytes(self._header[:3], "big")
+            if length > self.limit:
+                raise h2.exceptions.FrameTooLargeError(
+                    f"a frame of {length} bytes announced, the limit is {self.limit}"
+                )
+            self._header = b""
+            self._skip = length
 
 
 class _StreamBridge(asyncio.Transport):
