@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import ssl
 from collections.abc import Callable
@@ -40,7 +41,9 @@ import h2.events
 import h2.exceptions
 import h2.settings
 import h11
+import hpack.hpack
 from aiohttp import web
+from aiohttp.tcp_helpers import tcp_nodelay
 from h2.errors import ErrorCodes
 
 log = logging.getLogger("auditcast.kube.h2")
@@ -64,6 +67,31 @@ MAX_ANSWER_HEADER_BYTES: Final = 1024 * 1024
 HOP_BY_HOP: Final = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"te"}
 )
+
+
+# hpack decodes Huffman-coded strings in pure Python, at about 1 µs a byte. curl and the
+# Python h2 clients send `authorization` as a never-indexed literal, so the same ~700-byte
+# bearer token is decoded again on every request (0.7 ms, most of what h2 added to a
+# GET). Decoding is a pure function of the bytes: remembering the long ones changes
+# nothing but time. (Go's client, kubectl, indexes the token: one decode per connection.)
+HUFFMAN_CACHE_ENTRIES: Final = 1024
+HUFFMAN_CACHE_MIN_BYTES: Final = 64  # shorter strings decode in a few µs
+
+
+def cache_huffman_decoding() -> None:
+    """Wrap hpack's Huffman decoder in a bounded cache (once per process)."""
+    original = getattr(hpack.hpack, "decode_huffman", None)
+    if original is None or getattr(original, "cached", False):
+        return
+    remembered = functools.lru_cache(maxsize=HUFFMAN_CACHE_ENTRIES)(original)
+
+    def decode_huffman(huffman_string: bytes | bytearray | memoryview | None) -> bytes:
+        if huffman_string is None or len(huffman_string) < HUFFMAN_CACHE_MIN_BYTES:
+            return original(huffman_string)
+        return remembered(bytes(huffman_string))
+
+    decode_huffman.cached = True  # type: ignore[attr-defined]
+    hpack.hpack.decode_huffman = decode_huffman
 
 
 def http_version(request: web.BaseRequest) -> str:
@@ -94,6 +122,7 @@ class AlpnSite(web.TCPSite):
         max_header_list_size: int,
     ) -> None:
         offer_h2(ssl_context)
+        cache_huffman_decoding()
         super().__init__(runner, host, port, ssl_context=ssl_context, backlog=backlog)
         self.max_header_list_size = max_header_list_size
         self.fronts: set[H2Front] = set()
@@ -167,6 +196,9 @@ class H2Front(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         self.peer = transport.get_extra_info("peername")
+        # HEADERS and DATA go out as separate small writes: without this, Nagle holds
+        # the second one for the client's delayed ACK (aiohttp does the same for h1)
+        tcp_nodelay(transport, True)
         self.registry.add(self)
         self.conn.local_settings = h2.settings.Settings(
             client=False,
@@ -208,7 +240,9 @@ class H2Front(asyncio.Protocol):
         if self._idle is not None:
             self._idle.cancel()
         for bridge in list(self.streams.values()):
-            bridge.lost(exc or ConnectionResetError("HTTP/2 connection closed"))
+            bridge.lost(
+                exc if isinstance(exc, Exception) else ConnectionResetError("connection closed")
+            )
         self.streams.clear()
         self.transport = None
 
@@ -434,7 +468,7 @@ class _StreamBridge(asyncio.Transport):
             if tail:
                 self.handler.data_received(tail)
 
-    def lost(self, exc: BaseException) -> None:
+    def lost(self, exc: Exception) -> None:
         """The client or the connection went away: the handler sees a lost connection."""
         if self.closed:
             return

@@ -169,7 +169,7 @@ def test_kubectl_speaks_http2_to_the_gateway_and_its_requests_are_recorded_as_ht
     assert listed.source.user_agent.startswith("kubectl/")
     assert listed.source.remote_addr == "127.0.0.1"
     # discovery went over the same protocol
-    assert {e.http_version for e in kube_env.sink.of_type("kube.request")} == {"2"}
+    assert {e.http_version for e in kube_env.sink.of_type("kube.request")} == {"2"}  # type: ignore[attr-defined]
     # the upstream saw the usual impersonation and our event id as its audit id
     (seen,) = [s for s in kube_env.upstream.seen if s.path.endswith("/pods")]
     assert (seen.impersonated, tuple(seen.groups)) == ("alice", ("devs",))
@@ -376,8 +376,8 @@ def test_locked_users_http2_watch_is_ended(kube_env_with_locks: KubeEnv) -> None
             "kube.request",
             lambda e: getattr(e, "verb", "") == "watch" and getattr(e, "phase", "") == "end",
         )
-        assert end.closed_by_lock == lock.name
-        assert end.http_version == "2"
+        assert end.closed_by_lock == lock.name  # type: ignore[attr-defined]
+        assert end.http_version == "2"  # type: ignore[attr-defined]
         # kubectl's watch ends with the stream (as over HTTP/1.1, it exits quietly)
         proc.communicate(timeout=15)
         assert proc.returncode == 0
