@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 
 import click
@@ -10,10 +11,17 @@ import click
 from auditcast.cli._util import settings
 from auditcast.logs import setup_logging
 
+# Collect young objects every 20,000 allocations instead of 700: a poll parses 5,000
+# documents of ~20 containers each, none of which ever forms a cycle, and the default
+# scanned them ~140 times per poll (measured: ~3 µs of the ~25 µs a parse costs).
+GC_THRESHOLDS = (20_000, 10, 10)
+
 
 async def _serve() -> None:
     from auditcast.storage.sink import StoreSink
 
+    gc.freeze()  # what start-up made lives for good: full collections skip it
+    gc.set_threshold(*GC_THRESHOLDS)
     s = settings()
     sink = StoreSink(s)
     task = asyncio.create_task(sink.run())

@@ -187,13 +187,22 @@ class SQLiteAuditStore:
 
     # ------------------------------------------------------------------ writes
 
-    def add_many(self, docs: Sequence[dict[str, Any]]) -> int:
+    def add_many(
+        self, docs: Sequence[dict[str, Any]], json_texts: Sequence[str | None] | None = None
+    ) -> int:
         """Insert events (as dicts from `Event.to_dict()` or decoded JSON) in one
         transaction; returns how many were new. Events already stored (or repeated in
-        `docs`) are skipped, so their FTS and session rows are never written twice."""
-        unique: dict[str, dict[str, Any]] = {}
-        for d in docs:
-            unique.setdefault(d["id"], d)
+        `docs`) are skipped, so their FTS and session rows are never written twice.
+
+        `json_texts[i]`, when given and not None, is `docs[i]` as JSON text (the record
+        it was parsed from, unchanged): stored as it is instead of serialised again."""
+        unique: dict[str, tuple[dict[str, Any], str | None]] = {}
+        if json_texts is None:
+            for d in docs:
+                unique.setdefault(d["id"], (d, None))
+        else:
+            for d, text in zip(docs, json_texts, strict=True):
+                unique.setdefault(d["id"], (d, text))
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -207,22 +216,26 @@ class SQLiteAuditStore:
                         del unique[old]
                 (top,) = self._db.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
                 rows, texts, starts, ends = [], [], [], []
-                for n, d in enumerate(unique.values(), start=top + 1):
-                    ident = d.get("identity") or {}
+                for n, (d, text) in enumerate(unique.values(), start=top + 1):
+                    get = d.get
+                    user = get("user")
+                    ident = get("identity")
+                    ident_user = ident.get("user") if ident else None
+                    session_id = get("session_id")
                     rows.append(
                         (
-                            n, d["id"], d["time"], d["type"], d.get("code", ""), d.get("user"),
-                            ident.get("user"), ident.get("user") or d.get("user"),
-                            d.get("session_id"), d.get("cluster"), d.get("node"),
-                            orjson.dumps(d).decode(),
+                            n, d["id"], d["time"], d["type"], get("code", ""), user,
+                            ident_user, ident_user or user, session_id, get("cluster"),
+                            get("node"), text if text is not None else orjson.dumps(d).decode(),
                         )
                     )  # fmt: skip
                     texts.append((n, _search_text(d)))
-                    t = d["type"]
-                    if d.get("session_id") and t == "session.start":
-                        starts.append(_session_params(d))
-                    elif d.get("session_id") and t in ("session.end", "ssh.exec"):
-                        ends.append(_session_params(d))
+                    if session_id:
+                        t = d["type"]
+                        if t == "session.start":
+                            starts.append(_session_params(d))
+                        elif t in ("session.end", "ssh.exec"):
+                            ends.append(_session_params(d))
                 self._db.executemany(_INSERT, rows)
                 self._db.executemany(_INSERT_FTS, texts)
                 if starts:

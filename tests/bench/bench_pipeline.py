@@ -13,10 +13,18 @@ timed the same way, from the first produce to the moment the Nth record is visib
   `events.audit` → `auditcast store` → N rows. Worker and store are ready before the
   clock starts; both share the 2 cores with the broker and the producer.
 
-`python -m tests.bench.bench_pipeline [N]` prints one JSON object. Targets (issue 3):
-pipeline ≥ 20,000 events/s and pipeline/raw ≥ 0.3; recording <= 0.15 of asciicast.
+`python -m tests.bench.bench_pipeline [N]` prints one JSON object. Every leg produces
+the same way: `BENCH_PRODUCER=batch` (default) as the collectors' spool does, or
+`BENCH_PRODUCER=send` with one `producer.send` per record (the figures before 2026-11-29).
+Targets (issue 3): pipeline ≥ 20,000 events/s and pipeline/raw ≥ 0.3; recording <= 0.15
+of asciicast.
 `BENCH_WORKER_CMD` / `BENCH_STORE_CMD` replace `auditcast worker` / `auditcast store`
 (e.g. to run them under a profiler).
+
+Each timed leg also reports the CPU time every process spent on it, in µs per event
+(`cpu_us_per_event`: the bench process itself = producer (+ consumer in the raw leg),
+the broker, the worker, the store). On 2 cores the sum bounds the rate: 20,000 events/s
+needs all of it under ~100 µs.
 """
 
 from __future__ import annotations
@@ -38,10 +46,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import NewTopic
+from aiokafka.partitioner import DefaultPartitioner
 
 from auditcast.broker import EmbeddedBroker
 from auditcast.events import Event, Frame, Source
-from auditcast.kafka import _admin, consumer_config, ensure_topics, producer_config
+from auditcast.kafka import BatchSender, _admin, consumer_config, ensure_topics, producer_config
 from auditcast.settings import Settings
 from auditcast.storage.recordings import RecordingStore, to_asciicast
 from auditcast.topics import EVENTS_AUDIT, EVENTS_RAW, IDENTITIES, topic
@@ -73,23 +82,53 @@ def make_events(n: int) -> list[tuple[bytes, bytes]]:
     return out
 
 
+# How the bench produces: "batch" (default) like the collectors' spool, record batches
+# per partition through auditcast.kafka.BatchSender, SPOOL_CHUNK records at a time;
+# "send" is a `producer.send` per record (~35 µs of the bench's CPU each on 2 cores).
+PRODUCER_MODE = os.environ.get("BENCH_PRODUCER", "batch")
+SPOOL_CHUNK = 5000
+
+
 async def produce(s: Settings, name: str, msgs: list[tuple[bytes, bytes]]) -> None:
     p = AIOKafkaProducer(**producer_config(s, s.kafka or "", idempotent=False))
     await p.start()
     try:
-        futs = [await p.send(name, v, key=k) for k, v in msgs]
+        if PRODUCER_MODE == "send":
+            futs = [await p.send(name, v, key=k) for k, v in msgs]
+        else:
+            futs = await produce_batched(p, name, msgs)
         await asyncio.gather(*futs)
     finally:
         await p.stop()
 
 
-async def raw_leg(s: Settings, msgs: list[tuple[bytes, bytes]]) -> float:
+async def produce_batched(
+    p: AIOKafkaProducer, name: str, msgs: list[tuple[bytes, bytes]]
+) -> list[asyncio.Future[Any]]:
+    """What the spool does: each key on its default partition, one batch per partition."""
+    parts = sorted(await p.partitions_for(name))
+    partitioner = DefaultPartitioner()
+    partition_of: dict[bytes, int] = {}
+    futs: list[asyncio.Future[Any]] = []
+    for i in range(0, len(msgs), SPOOL_CHUNK):
+        out = BatchSender(p)
+        for k, v in msgs[i : i + SPOOL_CHUNK]:
+            part = partition_of.get(k)
+            if part is None:
+                part = partition_of[k] = partitioner(k, parts, parts)
+            await out.add(name, part, k, v)
+        futs += await out.send()
+    return futs
+
+
+async def raw_leg(s: Settings, msgs: list[tuple[bytes, bytes]], cpu: CpuMeter) -> float:
     name = topic(s, RAW_TOPIC)
     c = AIOKafkaConsumer(name, **consumer_config(s.kafka or "", "bench-raw"))
     await c.start()
     try:
         while not c.assignment():  # joined before the clock starts
             await c.getmany(timeout_ms=200)
+        cpu.start()
         t0 = time.perf_counter()
         prod = asyncio.create_task(produce(s, name, msgs))
         seen = 0
@@ -98,9 +137,41 @@ async def raw_leg(s: Settings, msgs: list[tuple[bytes, bytes]]) -> float:
                 seen += len(recs)
         elapsed = time.perf_counter() - t0
         await prod
+        cpu.stop()
         return elapsed
     finally:
         await c.stop()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a live process (Linux /proc), children excluded."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU seconds of named processes between `start()` and `stop()`."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self.start_cpu: dict[str, float] = {}
+        self.used: dict[str, float] = {}
+
+    def start(self) -> None:
+        self.start_cpu = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+
+    def stop(self) -> None:
+        self.used = {
+            name: cpu_seconds(pid) - self.start_cpu[name] for name, pid in self.pids.items()
+        }
+
+    def per_event_us(self, n: int) -> dict[str, float]:
+        out = {name: round(sec / n * 1e6, 1) for name, sec in self.used.items()}
+        out["total"] = round(sum(self.used.values()) / n * 1e6, 1)
+        return out
 
 
 def rows(db: Path) -> int:
@@ -136,8 +207,11 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         proc.kill()
 
 
-async def rows_leg(s: Settings, produce_to: str, msgs: list[tuple[bytes, bytes]]) -> float:
+async def rows_leg(
+    s: Settings, produce_to: str, msgs: list[tuple[bytes, bytes]], cpu: CpuMeter
+) -> float:
     """Produce `msgs` to `produce_to`; seconds until all are rows in the audit log."""
+    cpu.start()
     t0 = time.perf_counter()
     prod = asyncio.create_task(produce(s, produce_to, msgs))
     while rows(s.db_path) < len(msgs):
@@ -146,19 +220,25 @@ async def rows_leg(s: Settings, produce_to: str, msgs: list[tuple[bytes, bytes]]
             raise RuntimeError(f"only {rows(s.db_path)} rows after 600 s")
     elapsed = time.perf_counter() - t0
     await prod
+    cpu.stop()
     return elapsed
 
 
-async def store_leg(s: Settings, env: dict[str, str], msgs: list[tuple[bytes, bytes]]) -> float:
+async def store_leg(
+    s: Settings, env: dict[str, str], msgs: list[tuple[bytes, bytes]], cpu: CpuMeter
+) -> float:
     store = spawn("store", env, s.home / "store.log")
+    cpu.pids["store"] = store.pid
     try:
         await asyncio.to_thread(wait_ready, store, s.run_dir / "store.ready", s.home / "store.log")
-        return await rows_leg(s, topic(s, EVENTS_AUDIT), msgs)
+        return await rows_leg(s, topic(s, EVENTS_AUDIT), msgs, cpu)
     finally:
         stop(store)
 
 
-async def pipeline_leg(s: Settings, env: dict[str, str], msgs: list[tuple[bytes, bytes]]) -> float:
+async def pipeline_leg(
+    s: Settings, env: dict[str, str], msgs: list[tuple[bytes, bytes]], cpu: CpuMeter
+) -> float:
     # the credentials the events carry are known, as after `auditcast login`
     identities = [
         (
@@ -176,12 +256,13 @@ async def pipeline_leg(s: Settings, env: dict[str, str], msgs: list[tuple[bytes,
     await produce(s, topic(s, IDENTITIES), identities)
     worker = spawn("worker", env, s.home / "worker.log")
     store = spawn("store", env, s.home / "store.log")
+    cpu.pids.update(worker=worker.pid, store=store.pid)
     try:
         for proc, name in ((worker, "worker"), (store, "store")):
             await asyncio.to_thread(
                 wait_ready, proc, s.run_dir / f"{name}.ready", s.home / f"{name}.log"
             )
-        return await rows_leg(s, topic(s, EVENTS_RAW), msgs)
+        return await rows_leg(s, topic(s, EVENTS_RAW), msgs, cpu)
     finally:
         stop(worker)
         stop(store)
@@ -269,15 +350,19 @@ async def run(n: int) -> dict[str, Any]:
                 )
             finally:
                 await admin.close()
-            raw_s = await raw_leg(s, msgs)
-            store_s = await store_leg(s, env, msgs)
-            pipeline_s = await pipeline_leg(e2e, e2e_env, msgs)
+            assert broker.proc is not None
+            pids = {"bench": os.getpid(), "broker": broker.proc.pid}
+            cpu = {leg: CpuMeter(dict(pids)) for leg in ("raw", "store", "pipeline")}
+            raw_s = await raw_leg(s, msgs, cpu["raw"])
+            store_s = await store_leg(s, env, msgs, cpu["store"])
+            pipeline_s = await pipeline_leg(e2e, e2e_env, msgs, cpu["pipeline"])
         finally:
             broker.stop()
         rec = recording_size(Path(tmp) / "rec")
     raw_rate, store_rate, pipeline_rate = n / raw_s, n / store_s, n / pipeline_s
     return {
         "n": n,
+        "producer": PRODUCER_MODE,
         "raw_events_per_s": round(raw_rate),
         "store_only_events_per_s": round(store_rate),
         "ratio_store_only_to_raw": round(store_rate / raw_rate, 3),
@@ -285,6 +370,7 @@ async def run(n: int) -> dict[str, Any]:
         "ratio_pipeline_to_raw": round(pipeline_rate / raw_rate, 3),
         "target_events_per_s": 20_000,
         "target_ratio": 0.3,
+        "cpu_us_per_event": {leg: m.per_event_us(n) for leg, m in cpu.items()},
         "recording": rec,
         "loadavg": os.getloadavg(),
     }
