@@ -31,11 +31,11 @@ from aiokafka import AIOKafkaProducer, ConsumerRecord
 from faust.types import EventT, RecordMetadata
 
 from auditcast.errors import MalformedMessage
-from auditcast.events import Event, Identity, decode_event_doc, decode_frames
+from auditcast.events import Event, Identity, decode_event_json, decode_frames
 from auditcast.kafka import MAX_REQUEST_BYTES, BatchSender, start_producer
 from auditcast.settings import Settings
 from auditcast.streams import sessions
-from auditcast.streams.attribution import audit_record, decide, unattributed_alert
+from auditcast.streams.attribution import audit_record, decide, decide_doc, unattributed_alert
 from auditcast.streams.audit_path import AuditPath
 from auditcast.streams.identities import IdentityView
 from auditcast.topics import (
@@ -58,6 +58,8 @@ BATCH_MAX: Final = 1000
 # is one of the reasons to dead-letter it); the headers say where the original is.
 DEAD_LETTER_MAX_BYTES: Final = 512 * 1024
 BATCH_WITHIN_S: Final = 0.05
+# Event types folded into the sessions table.
+SESSION_TYPES: Final = frozenset({"session.start", "session.end"})
 # Identity JSON is cached per identities record; a worker sees few distinct ones.
 IDENTITY_CACHE_MAX: Final = 10_000
 
@@ -262,27 +264,39 @@ class StreamsApp:
         out = BatchSender(producer, end_alone=[self._changelog_topic()])
         same_partition = await self._audit_partitions_match(producer)
         source = self.topic_name(EVENTS_RAW)
-        decoded: list[tuple[ConsumerRecord[bytes, bytes], Event, dict[str, Any]]] = []
+        # The model is built only where it is used (session events, alerts) or where the
+        # JSON needs pydantic's verdict: for the rest the JSON is checked and read as it is.
+        decoded: list[tuple[ConsumerRecord[bytes, bytes], Event | None, dict[str, Any]]] = []
+        self.stats.consumed[source] += len(batch)
         for msg in batch:
-            self.stats.consumed[source] += 1
             try:
                 if msg.value is None:
                     raise MalformedMessage("empty record (null value)")
-                event, doc = decode_event_doc(msg.value)
+                event, doc = decode_event_json(msg.value)
                 decoded.append((msg, event, doc))
             except MalformedMessage as e:
                 pending.append(await self._dead_letter(source, msg, e.message))
+        get_identity = self.identities.get
         if any(
-            e.credential_id and self.identities.get(e.credential_id) is None for _, e, _ in decoded
+            (cred := e.credential_id if e is not None else d.get("credential_id"))
+            and get_identity(cred) is None
+            for _, e, d in decoded
         ):
             # A credential is usually issued moments before its first use: let the view
             # catch up once per batch before calling anything unknown.
             await self.identities.catch_up()
         changed: dict[bytes, int] = {}
         for msg, event, doc in decoded:
-            found, unattributed = decide(event, self.identities.get(event.credential_id))
+            if event is None and doc.get("session_id") and doc["type"] in SESSION_TYPES:
+                event = Event.model_validate(doc)
+            if event is None:
+                found, unattributed = decide_doc(doc, get_identity(doc.get("credential_id")))
+                if unattributed:
+                    event = Event.model_validate(doc)
+            else:
+                found, unattributed = decide(event, get_identity(event.credential_id))
             extra: dict[str, Any] = {}
-            if event.session_id and event.type in ("session.start", "session.end"):
+            if event is not None and event.session_id and event.type in SESSION_TYPES:
                 summary = sessions.on_event(self._session(event.session_id), event)
                 self._put_session(changed, msg.partition, summary)
                 extra = sessions.end_fields(event, summary)
@@ -295,6 +309,7 @@ class StreamsApp:
                 pending.append(await producer.send(self.events_audit, key=msg.key, value=value))
             self.stats.produced[EVENTS_AUDIT] += 1
             if unattributed:
+                assert event is not None
                 pending.append(await self._alert(producer, event))
         await self._write_sessions(out, changed)
         pending.extend(await out.send())

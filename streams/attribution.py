@@ -11,6 +11,7 @@ from typing import Any, Final
 import orjson
 from pydantic import ValidationError
 
+from auditcast.codes import CODE_BY_TYPE
 from auditcast.errors import MalformedMessage
 from auditcast.events import Event, Identity, Source, format_time, is_canonical_time
 
@@ -57,12 +58,41 @@ def decide(event: Event, identity: Identity | None) -> tuple[Identity | None, bo
     - otherwise unattributed: an `audit.unattributed` alert says which actor and
       credential could not be tied to a login.
     """
-    if event.identity is not None or event.type in SELF_ATTRIBUTED_TYPES:
+    collector = event.source.collector if event.source is not None else None
+    return _decide(
+        event.identity is not None, event.type, event.credential_id, collector, event.user, identity
+    )
+
+
+def decide_doc(doc: dict[str, Any], identity: Identity | None) -> tuple[Identity | None, bool]:
+    """`decide` for an envelope as JSON that `plainly_valid_event` accepted (so every
+    field has its model's type), without building the model."""
+    source = doc.get("source")
+    collector = source.get("collector") if source is not None else None
+    return _decide(
+        doc.get("identity") is not None,
+        doc["type"],
+        doc.get("credential_id"),
+        collector,
+        doc.get("user"),
+        identity,
+    )
+
+
+def _decide(
+    has_identity: bool,
+    event_type: str,
+    credential_id: str | None,
+    collector: str | None,
+    user: str | None,
+    identity: Identity | None,
+) -> tuple[Identity | None, bool]:
+    if has_identity or event_type in SELF_ATTRIBUTED_TYPES:
         return None, False
     if identity is not None:
         return identity, False
-    if event.credential_id is None and _is_local(event) and event.user:
-        return Identity(user=event.user), False
+    if credential_id is None and collector == LOCAL_RECORDER and user:
+        return Identity(user=user), False
     return None, True
 
 
@@ -72,10 +102,6 @@ def attribute(event: Event, identity: Identity | None) -> Attributed:
     if found is not None:
         return Attributed(event.model_copy(update={"identity": found}))
     return Attributed(event, unattributed_alert(event) if unattributed else None)
-
-
-def _is_local(event: Event) -> bool:
-    return event.source is not None and event.source.collector == LOCAL_RECORDER
 
 
 def unattributed_alert(event: Event) -> Event:
@@ -106,21 +132,25 @@ def unattributed_alert(event: Event) -> Event:
 
 
 def audit_record(
-    event: Event,
+    event: Event | None,
     doc: dict[str, Any],
     identity: dict[str, Any] | None,
     extra: dict[str, Any] | None = None,
 ) -> bytes:
     """The `events.audit` value for `event` as sent (`doc`, its parsed JSON), with the
-    `identity` attribution found (its JSON form) and `extra` fields added.
+    `identity` attribution found (its JSON form) and `extra` fields added. `event` may be
+    None when `doc` is plainly valid (`decode_event_json`: its time is canonical).
 
     `time` and `code` are normalised and nulls dropped as `Event.to_json` does; the rest
     is kept as the collector wrote it, so the record is not re-serialised from the model.
     """
     out = {k: v for k, v in doc.items() if v is not None}
-    if not is_canonical_time(out.get("time")):
-        out["time"] = format_time(event.time)
-    out["code"] = event.code
+    if event is None:
+        out["code"] = out.get("code") or CODE_BY_TYPE[out["type"]]
+    else:
+        if not is_canonical_time(out.get("time")):
+            out["time"] = format_time(event.time)
+        out["code"] = event.code
     if identity is not None:
         out["identity"] = identity
     if extra:

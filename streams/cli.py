@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import threading
@@ -101,6 +102,11 @@ def run_worker(s: Settings) -> int:
 
     bootstrap, cluster_id, partitions = run(_prepare(s))
     s = s.model_copy(update={"partitions": partitions})
+    # A batch holds up to 5,000 parsed envelopes that never form cycles: collecting young
+    # objects every 20,000 allocations instead of 700 stops rescanning them all the time,
+    # and what start-up made (Faust, pydantic schemas) is left out of full collections.
+    gc.freeze()
+    gc.set_threshold(20_000, 10, 10)
     streams = StreamsApp(s, bootstrap)
     app = streams.app
     ready = ready_file(s)

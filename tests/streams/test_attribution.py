@@ -7,7 +7,7 @@ import pytest
 
 from auditcast.errors import MalformedMessage
 from auditcast.events import Event, Identity, Source
-from auditcast.streams.attribution import attribute, parse_identity_record
+from auditcast.streams.attribution import attribute, decide, decide_doc, parse_identity_record
 from auditcast.streams.identities import IdentityView
 
 ALICE = Identity(user="alice", sso_subject="sub-1", groups=["dev"], roles=["developer"])
@@ -86,3 +86,26 @@ def test_identity_view_keeps_the_latest_record_and_forgets_on_tombstone() -> Non
     assert view.get("c") is not None and view.malformed == 1
     view.apply(b"c", None)
     assert view.get("c") is None
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        kube_event(),
+        kube_event(None),
+        kube_event("cred-unknown"),
+        Event(type="session.start", user="bob", session_id="s", source=Source(collector="pty")),
+        Event(type="session.start", session_id="s", source=Source(collector="pty")),
+        Event(type="kube.request", user="mallory", source=Source(collector="kube")),
+        Event(type="kube.request", user="carol", identity=Identity(user="carol")),
+        Event(type="audit.unattributed", user="dave"),
+        Event(type="user.login", user="erin"),
+    ],
+    ids=lambda e: f"{e.type}-{e.user}-{e.credential_id}-{e.source and e.source.collector}",
+)
+@pytest.mark.parametrize("known", [ALICE, None], ids=["known", "unknown"])
+def test_deciding_on_the_json_matches_deciding_on_the_model(
+    event: Event, known: Identity | None
+) -> None:
+    doc = orjson.loads(event.to_json())
+    assert decide_doc(doc, known) == decide(event, known)
