@@ -76,6 +76,7 @@ HOP_BY_HOP: Final = frozenset(
 # nothing but time. (Go's client, kubectl, indexes the token: one decode per connection.)
 HUFFMAN_CACHE_ENTRIES: Final = 1024
 HUFFMAN_CACHE_MIN_BYTES: Final = 64  # shorter strings decode in a few µs
+HUFFMAN_CACHE_MAX_BYTES: Final = 8 * 1024  # big JWTs fit; the cache stays under 8 MiB
 
 
 def cache_huffman_decoding() -> None:
@@ -86,7 +87,9 @@ def cache_huffman_decoding() -> None:
     remembered = functools.lru_cache(maxsize=HUFFMAN_CACHE_ENTRIES)(original)
 
     def decode_huffman(huffman_string: bytes | bytearray | memoryview | None) -> bytes:
-        if huffman_string is None or len(huffman_string) < HUFFMAN_CACHE_MIN_BYTES:
+        if huffman_string is None or not (
+            HUFFMAN_CACHE_MIN_BYTES <= len(huffman_string) <= HUFFMAN_CACHE_MAX_BYTES
+        ):
             return original(huffman_string)
         return remembered(bytes(huffman_string))
 
@@ -185,7 +188,7 @@ class H2Front(asyncio.Protocol):
         )
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, _StreamBridge] = {}
-        self.frames = FrameLengthGuard(self.conn.max_inbound_frame_size)
+        self.frames = FrameGuard(self.conn.max_inbound_frame_size, max_header_list_size)
         self.write_paused = False
         self.goaway_received = False
         self.peer: Any = None
@@ -326,6 +329,12 @@ class H2Front(asyncio.Protocol):
             if bridge.answered and not bridge.pending:
                 self.conn.end_stream(sid)
                 self._done(bridge)
+                if not bridge.body_done:
+                    # answered before the request body ended (413, a refusal): tell the
+                    # client to stop sending (RFC 9113 §8.1), and end the handler's
+                    # wait for the rest of a body nobody will read
+                    self.conn.reset_stream(sid, ErrorCodes.NO_ERROR)
+                    bridge.lost(ConnectionResetError("answered before the request ended"))
         except h2.exceptions.StreamClosedError:
             self._done(bridge)
             bridge.lost(ConnectionResetError("stream closed by the client"))
@@ -376,24 +385,33 @@ class H2Front(asyncio.Protocol):
             self.transport.close()
 
 
-class FrameLengthGuard:
-    """Refuses a frame by its 9-byte header when it announces more than `limit` bytes.
+class FrameGuard:
+    """Refuses, by their 9-byte frame headers, a frame longer than `max_frame` and a
+    header block (HEADERS + CONTINUATION) longer than `max_header_block` bytes.
 
-    The h2 state machine checks a frame's length only once the whole frame is in, so a
-    client announcing a 16 MiB frame would make us hold 16 MiB first. This follows the
-    frame boundaries in the byte stream (after the client preface) instead."""
+    The h2 state machine checks a frame's length only once the whole frame is in, and
+    hpack decodes a header block (Huffman strings at ~1 µs a byte) before it sees that
+    the list is too long: a client could make us hold 16 MiB, or burn a second of CPU on
+    a 1 MiB header, before either says no. A header block is never longer than the
+    header list it encodes, so the advertised SETTINGS_MAX_HEADER_LIST_SIZE bounds it."""
 
     PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
     HEADER_BYTES: Final = 9
+    HEADERS: Final = 0x1
+    CONTINUATION: Final = 0x9
+    END_HEADERS: Final = 0x4
 
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
+    def __init__(self, max_frame: int, max_header_block: int) -> None:
+        self.max_frame = max_frame
+        self.max_header_block = max_header_block
         self._preface = len(self.PREFACE)  # preface bytes still to come
         self._skip = 0  # payload bytes until the next frame header
         self._header = b""
+        self._block = 0  # bytes of the header block being received
 
     def feed(self, data: bytes) -> None:
-        """Raises h2's ProtocolError (bad preface) or FrameTooLargeError."""
+        """Raises h2's ProtocolError (bad preface), FrameTooLargeError or
+        DenialOfServiceError (header block too long)."""
         view = memoryview(data)
         if self._preface:
             n = min(self._preface, len(view))
@@ -413,13 +431,24 @@ class FrameLengthGuard:
             view = view[need:]
             if len(self._header) < self.HEADER_BYTES:
                 return
-            length = int.from_bytes(self._header[:3], "big")
-            if length > self.limit:
-                raise h2.exceptions.FrameTooLargeError(
-                    f"a frame of {length} bytes announced, the limit is {self.limit}"
-                )
+            self._check(self._header)
+            self._skip = int.from_bytes(self._header[:3], "big")
             self._header = b""
-            self._skip = length
+
+    def _check(self, header: bytes) -> None:
+        length, kind, flags = int.from_bytes(header[:3], "big"), header[3], header[4]
+        if length > self.max_frame:
+            raise h2.exceptions.FrameTooLargeError(
+                f"a frame of {length} bytes announced, the limit is {self.max_frame}"
+            )
+        if kind in (self.HEADERS, self.CONTINUATION):
+            self._block += length
+            if self._block > self.max_header_block:
+                raise h2.exceptions.DenialOfServiceError(
+                    f"a header block of over {self.max_header_block} bytes"
+                )
+            if flags & self.END_HEADERS:
+                self._block = 0
 
 
 class _StreamBridge(asyncio.Transport):
@@ -434,6 +463,7 @@ class _StreamBridge(asyncio.Transport):
         self.head: list[tuple[bytes, bytes]] | None = None
         self.pending = bytearray()
         self.answered = False  # the whole answer is in `pending` (then END_STREAM)
+        self.body_done = False  # the client ended its side of the stream
         self.closed = False
         self.handler_paused = False
         self.reading_paused = False
@@ -461,6 +491,7 @@ class _StreamBridge(asyncio.Transport):
             self.front.ack(self.stream_id, flow_controlled_length)
 
     def body_end(self) -> None:
+        self.body_done = True
         if self.closed or self.handler is None:
             return
         with contextlib.suppress(h11.LocalProtocolError):

@@ -7,6 +7,7 @@ refusals and the events are the ones HTTP/1.1 clients get."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import ssl
 import subprocess
@@ -21,16 +22,18 @@ import h2.config
 import h2.connection
 import h2.events
 import h2.settings
+import hpack
 import httpx
+import hyperframe.frame
 import orjson
 import pytest
 from aiohttp import web
 from h2.errors import ErrorCodes
-from h2.exceptions import FrameTooLargeError, ProtocolError
+from h2.exceptions import DenialOfServiceError, FrameTooLargeError, ProtocolError
 
 from auditcast.access.lock_authority import LockAuthority
 from auditcast.access.lock_model import LockTargets, new_lock
-from auditcast.collectors.kube.h2front import STREAM_HIGH_WATER, AlpnSite, FrameLengthGuard
+from auditcast.collectors.kube.h2front import STREAM_HIGH_WATER, AlpnSite, FrameGuard
 from tests.kube.conftest import KubeEnv, wait_until
 from tests.kube.test_gateway import kubectl
 from tests.kubeapi.pki import TestCA
@@ -97,6 +100,31 @@ class H2Client:
         self.conn.send_headers(sid, head, end_stream=True)
         self._flush()
         self.answers[sid] = Answer()
+        return sid
+
+    def post(self, path: str, token: str, body: bytes) -> int:
+        """POST `body` in DATA frames, as the gateway's flow-control windows allow."""
+        sid = self.conn.get_next_available_stream_id()
+        head = [
+            (":method", "POST"),
+            (":path", path),
+            (":scheme", "https"),
+            (":authority", f"127.0.0.1:{self.port}"),
+            ("authorization", f"Bearer {token}"),
+            ("content-type", "application/json"),
+        ]
+        self.conn.send_headers(sid, head)
+        self.answers[sid] = Answer()
+        view = memoryview(body)
+        while view and not self.answers[sid].ended and not self.answers[sid].reset:
+            room = min(self.conn.local_flow_control_window(sid), self.conn.max_outbound_frame_size)
+            if room <= 0:
+                self._flush()
+                self.pump(lambda: self.conn.local_flow_control_window(sid) > 0 or self.done(sid)())
+                continue
+            self.conn.send_data(sid, bytes(view[:room]), end_stream=len(view) <= room)
+            view = view[room:]
+        self._flush()
         return sid
 
     def reset(self, sid: int) -> None:
@@ -253,6 +281,38 @@ def test_many_concurrent_streams_share_one_connection_and_a_reset_ends_only_its_
         count=17,
     )
     assert len(pods) == 17 and {e.http_version for e in pods} == {"2"}
+    # every stream's handler is gone: nothing held for finished or reset streams
+    server = kube_env.gateway.gateway._runner.server  # type: ignore[union-attr]
+    assert wait_until(lambda: not server.connections)
+
+
+def test_request_body_over_http2_reaches_the_cluster_whole(
+    kube_env: KubeEnv, h2client: H2Client
+) -> None:
+    """200 KB: more than the 64 KiB initial window, so the body only gets through if
+    the gateway reopens the window as the handler takes the data."""
+    body = orjson.dumps({"kind": "Pod", "metadata": {"name": "x"}, "pad": "y" * 200_000})
+    sid = h2client.post(PODS_DEV, kube_env.mint.mint("alice"), body)
+    h2client.pump(h2client.done(sid))
+    answer = h2client.answers[sid]
+    assert answer.ended and answer.status != 0
+    (seen,) = [s for s in kube_env.upstream.seen if s.method == "POST"]
+    assert seen.headers.get("Content-Length") == str(len(body))
+    (event,) = _events(kube_env, lambda e: getattr(e, "method", "") == "POST")
+    assert event.bytes_in == len(body) and event.http_version == "2"  # type: ignore[attr-defined]
+    assert event.response_code == answer.status  # type: ignore[attr-defined]
+
+
+def test_oversized_request_body_over_http2_gets_413_and_no_upstream_request(
+    kube_env: KubeEnv, h2client: H2Client
+) -> None:
+    body = b"{" + b" " * (4 * 1024 * 1024) + b"}"
+    sid = h2client.post(PODS_DEV, kube_env.mint.mint("alice"), body)
+    h2client.pump(h2client.done(sid))
+    answer = h2client.answers[sid]
+    assert answer.status == 413
+    assert "request body exceeds the 3145728-byte limit" in answer.json()["message"]
+    assert kube_env.upstream_requests() == 0
 
 
 def test_oversized_headers_over_http2_get_431_and_no_upstream_request(
@@ -279,7 +339,25 @@ def test_header_block_over_the_advertised_limit_ends_the_connection_with_goaway(
         client.pump(lambda: client.conn.remote_settings.max_header_list_size is not None)
         limit = client.conn.remote_settings.max_header_list_size
         assert limit == 4 * 32 * 1024  # announced in the gateway's SETTINGS
-        client.get(PODS_DEV, "t", x_filler="x" * (limit + 1))
+        # one header block over the limit, HEADERS + CONTINUATIONs, sent as raw frames
+        # (without Huffman coding: hpack's pure-Python encoder is slow at this size)
+        block = hpack.Encoder().encode(
+            [
+                (":method", "GET"),
+                (":path", PODS_DEV),
+                (":scheme", "https"),
+                (":authority", "127.0.0.1"),
+                ("x-filler", "x" * (limit + 1)),
+            ],
+            huffman=False,
+        )
+        size = client.conn.max_outbound_frame_size
+        chunks = [block[i : i + size] for i in range(0, len(block), size)]
+        frames = [hyperframe.frame.HeadersFrame(1, data=chunks[0])]
+        frames += [hyperframe.frame.ContinuationFrame(1, data=c) for c in chunks[1:]]
+        frames[-1].flags.add("END_HEADERS")
+        with contextlib.suppress(OSError):  # the gateway may hang up before the last one
+            client.sock.sendall(b"".join(f.serialize() for f in frames))
         client.pump(lambda: client.goaway is not None)
         assert client.goaway is not None
         assert client.goaway.error_code == ErrorCodes.ENHANCE_YOUR_CALM
@@ -490,21 +568,41 @@ def test_frame_guard_passes_frames_within_the_limit_split_anywhere() -> None:
         + b"x" * 16384
         + b"\x00\x00\x02\x08\x00\x00\x00\x00\x00ab"
     )
-    guard = FrameLengthGuard(16384)
+    guard = FrameGuard(16384, 65536)
     for i in range(len(stream)):  # one byte at a time
         guard.feed(stream[i : i + 1])
-    FrameLengthGuard(16384).feed(stream)  # and all at once
+    FrameGuard(16384, 65536).feed(stream)  # and all at once
 
 
 def test_frame_guard_refuses_an_overlong_frame_by_its_header_alone() -> None:
-    guard = FrameLengthGuard(16384)
+    guard = FrameGuard(16384, 65536)
     guard.feed(PREFACE + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00\x00\x40")
     with pytest.raises(FrameTooLargeError, match="16385 bytes"):
         guard.feed(b"\x01\x00\x00\x00\x00\x00\x01")  # no payload sent yet
 
 
 def test_frame_guard_refuses_a_wrong_preface() -> None:
-    guard = FrameLengthGuard(16384)
+    guard = FrameGuard(16384, 65536)
     guard.feed(PREFACE[:10])
     with pytest.raises(ProtocolError, match="preface"):
         guard.feed(b"GET / HTTP/1.1\r\n")
+
+
+def test_frame_guard_refuses_a_header_block_over_the_limit_before_its_payload() -> None:
+    guard = FrameGuard(16384, 65536)
+    settings = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+    guard.feed(PREFACE + settings)
+    # HEADERS of 16000 without END_HEADERS, then CONTINUATIONs: the block adds up
+    guard.feed(b"\x00\x3e\x80\x01\x00\x00\x00\x00\x01" + b"h" * 16000)
+    continuation = b"\x00\x3e\x80\x09\x00\x00\x00\x00\x01"
+    for _ in range(3):
+        guard.feed(continuation + b"c" * 16000)
+    with pytest.raises(DenialOfServiceError, match="65536"):
+        guard.feed(continuation)  # 80000 bytes announced: refused before they come
+
+
+def test_frame_guard_counts_each_header_block_on_its_own() -> None:
+    guard = FrameGuard(16384, 65536)
+    guard.feed(PREFACE)
+    for _ in range(10):  # ten complete 16000-byte blocks: 160000 bytes in all
+        guard.feed(b"\x00\x3e\x80\x01\x04\x00\x00\x00\x01" + b"h" * 16000)
