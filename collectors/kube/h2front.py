@@ -218,6 +218,8 @@ class H2Front(asyncio.Protocol):
         self._arm_idle()
 
     def data_received(self, data: bytes) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return  # after our GOAWAY: whatever still comes is not read
         try:
             self.frames.feed(data)
             events = self.conn.receive_data(data)
@@ -480,7 +482,12 @@ class _StreamBridge(asyncio.Transport):
         if self.closed or self.handler is None:
             self.front.ack(self.stream_id, flow_controlled_length)
             return
-        chunk = self.h1.send(h11.Data(data=data)) if data else b""
+        try:
+            chunk = self.h1.send(h11.Data(data=data)) if data else b""
+        except h11.LocalProtocolError as e:  # more than its content-length said
+            self.front.reset(self, ErrorCodes.PROTOCOL_ERROR)
+            self.lost(ConnectionResetError(str(e)))
+            return
         if chunk:
             self.handler.data_received(chunk)
         # the window reopens as the handler takes the body, not before (its reader

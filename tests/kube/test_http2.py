@@ -204,6 +204,15 @@ def test_kubectl_speaks_http2_to_the_gateway_and_its_requests_are_recorded_as_ht
     assert seen.headers.get("Audit-ID") == listed.id
 
 
+def test_kubectl_told_not_to_use_http2_is_served_over_http_1_1(kube_env: KubeEnv) -> None:
+    kenv = kube_env.kubeconfig(kube_env.mint.mint("alice"))
+    ok = kubectl({**kenv, "DISABLE_HTTP2": "true"}, "get", "pods", "-n", "dev")  # client-go
+    assert ok.returncode == 0, ok.stderr
+    assert "web-0" in ok.stdout and "web-1" in ok.stdout
+    events = kube_env.sink.wait_for("kube.request", lambda e: True, count=2)
+    assert {e.http_version for e in events} == {"1.1"}  # type: ignore[attr-defined]
+
+
 def test_http_1_1_clients_are_served_and_recorded_as_http_1_1(kube_env: KubeEnv) -> None:
     token = kube_env.mint.mint("alice")
     with httpx.Client(verify=False, timeout=10, http2=False) as http:
