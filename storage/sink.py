@@ -29,7 +29,6 @@ from auditcast.events import (
 )
 from auditcast.kafka import (
     cluster_info,
-    next_offsets,
     resolve_bootstrap,
     start_consumer,
     start_producer,
@@ -51,6 +50,14 @@ POLL_MS: Final = 500
 # How often the broker's cluster id is checked (at most one restart window without it).
 CLUSTER_CHECK_S: Final = 1.0
 STOP_TIMEOUT_S: Final = 5.0
+
+
+def batch_offsets(
+    batches: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]],
+) -> dict[TopicPartition, int]:
+    """`next_offsets` of a `getmany` result, from the last record of each partition's
+    list (in offset order) instead of a look at every record."""
+    return {tp: recs[-1].offset + 1 for tp, recs in batches.items() if recs}
 
 
 @dataclass
@@ -169,7 +176,7 @@ async def _consume(settings: Settings, route: Route, stats: SinkStats) -> None:
                     pending = None
                     await consumer.commit(offsets)
                 if records:
-                    offsets = next_offsets(records)
+                    offsets = batch_offsets(batches)
                     if batch:
                         pending = asyncio.ensure_future(asyncio.to_thread(route.write, batch))
                     else:  # all malformed: dead-lettered, nothing to write

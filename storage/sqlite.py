@@ -333,21 +333,34 @@ class SQLiteAuditStore:
 
 def _search_text(doc: dict[str, Any]) -> str:
     """The words of an event worth searching: every value, keys and identifiers left
-    out. A flat loop with exact type checks: this runs 20,000 times a second."""
+    out. Exact type checks, no stack of pending values: this runs 20,000 times a second.
+
+    The order is the reverse of the document's (depth first), as the index has always
+    been fed: phrase queries match adjacent words, so the order must not change."""
     out: list[str] = []
-    stack = [v for k, v in doc.items() if k not in _NOT_TEXT]
-    while stack:
-        v = stack.pop()
+    for k, v in doc.items():
+        if k in _NOT_TEXT:
+            continue
         t = type(v)
         if t is str:
             out.append(v)
-        elif t is dict:
-            stack.extend(v.values())
-        elif t is list:
-            stack.extend(v)
+        elif t is dict or t is list:
+            _leaf_text(v, out)
         elif v is not None and t is not bool:
             out.append(str(v))
+    out.reverse()
     return " ".join(out)
+
+
+def _leaf_text(value: Any, out: list[str]) -> None:
+    for v in value.values() if type(value) is dict else value:
+        t = type(v)
+        if t is str:
+            out.append(v)
+        elif t is dict or t is list:
+            _leaf_text(v, out)
+        elif v is not None and t is not bool:
+            out.append(str(v))
 
 
 def _fts_query(text: str) -> str:

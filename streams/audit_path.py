@@ -29,7 +29,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import ConsumerStoppedError, KafkaError
 
 from auditcast.errors import BrokerUnavailable
-from auditcast.kafka import consumer_config, next_offsets
+from auditcast.kafka import consumer_config
 
 log = logging.getLogger("auditcast.streams.audit_path")
 
@@ -176,11 +176,12 @@ class AuditPath:
         batches = await consumer.getmany(timeout_ms=idle_ms, max_records=MAX_BATCH)
         async with self._batch:
             # A revoke may have come while the fetch was out: drop what is no longer ours.
-            records = [
-                r for tp, recs in batches.items() if tp.partition in self._owned for r in recs
-            ]
+            owned = {tp: recs for tp, recs in batches.items() if tp.partition in self._owned}
+            records = [r for recs in owned.values() for r in recs]
             acked = await self._process(records) if records else None
             # this batch's output is queued; now the previous one must be durable
             await self._settle()
             if acked is not None:
-                self._in_flight = _InFlight(acked, next_offsets(records))
+                # each partition's records come in offset order: commit past the last
+                offsets = {tp: recs[-1].offset + 1 for tp, recs in owned.items() if recs}
+                self._in_flight = _InFlight(acked, offsets)

@@ -11,7 +11,7 @@ import pytest
 from auditcast.events import Event, Frame
 from auditcast.storage.base import EventQuery
 from auditcast.storage.recordings import Gap, RecordingStore, to_asciicast
-from auditcast.storage.sqlite import SQLiteAuditStore
+from auditcast.storage.sqlite import SQLiteAuditStore, _search_text
 
 ASCIINEMA = str(Path(__file__).resolve().parents[2] / ".venv" / "bin" / "asciinema")
 
@@ -125,3 +125,41 @@ def test_large_recording_compresses_and_seeks(tmp_path: Path) -> None:
 def test_unsafe_session_ids_are_refused(tmp_path: Path, bad: str) -> None:
     with pytest.raises(ValueError, match="unsafe session id"):
         RecordingStore(tmp_path).dir_for(bad)
+
+
+def _stack_search_text(doc: dict) -> str:
+    """How the search text was first defined (a stack of pending values): the index's
+    word order, which phrase queries depend on, must stay this one."""
+    out: list[str] = []
+    stack = [v for k, v in doc.items() if k not in ("id", "time", "chain", "code",
+                                                      "credential_id", "session_id")]  # fmt: skip
+    while stack:
+        v = stack.pop()
+        if isinstance(v, bool) or v is None:
+            continue
+        if isinstance(v, dict):
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+        else:
+            out.append(v if isinstance(v, str) else str(v))
+    return " ".join(out)
+
+
+def test_search_text_keeps_its_word_order_for_phrase_queries(tmp_path: Path) -> None:
+    docs = [
+        {"id": "1", "type": "kube.request", "user": "ann", "verb": "get", "n": 3, "f": 1.5,
+         "ok": True, "none": None, "path": "/api/v1/pods/web-0", "code": "X",
+         "nested": {"a": ["x", {"b": "y", "c": [1, False, None, "z"]}], "d": {}}, "e": []},
+        {"id": "2", "type": "ssh.exec", "identity": {"user": "bob", "roles": ["r1", "r2"]},
+         "command": ["ls", "-l"], "labels": {"team": "infra"}},
+    ]  # fmt: skip
+    for doc in docs:
+        assert _search_text(doc) == _stack_search_text(doc)
+    store = SQLiteAuditStore(tmp_path / "a.db")
+    store.add_many([{**d, "time": "2026-11-29T00:00:00.000000Z"} for d in docs])
+    assert [e["id"] for e in store.search(EventQuery(q="pods/web-0")).items] == ["1"]
+    assert [e["id"] for e in store.search(EventQuery(q="r1 r2")).items] == ["2"]
+    # values are indexed last to first: "verb, user" reads "get ann", never "ann get"
+    assert [e["id"] for e in store.search(EventQuery(q="get/ann")).items] == ["1"]
+    assert store.search(EventQuery(q="ann/get")).items == []
