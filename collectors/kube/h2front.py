@@ -252,10 +252,17 @@ class H2Front(asyncio.Protocol):
         self.transport = None
 
     def pause_writing(self) -> None:
+        # The client is not reading. Stop reading it too: the state machine answers
+        # PINGs and SETTINGS by itself, so a client that floods them without reading
+        # would otherwise grow our write buffer without bound.
         self.write_paused = True
+        if self.transport is not None:
+            self.transport.pause_reading()
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        if self.transport is not None:
+            self.transport.resume_reading()
         for bridge in list(self.streams.values()):
             self.flush(bridge)
         self._send()
