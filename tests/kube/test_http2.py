@@ -213,6 +213,37 @@ def test_kubectl_told_not_to_use_http2_is_served_over_http_1_1(kube_env: KubeEnv
     assert {e.http_version for e in events} == {"1.1"}  # type: ignore[attr-defined]
 
 
+def test_kubectl_logs_follow_streams_over_http2_and_ends_when_kubectl_quits(
+    kube_env: KubeEnv,
+) -> None:
+    proc = subprocess.Popen(
+        ["kubectl", "logs", "-f", "-n", "dev", "web-0"],
+        env=kube_env.kubeconfig(kube_env.mint.mint("alice")),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        lines = [proc.stdout.readline() for _ in range(5)]  # lines 3+ come 0.2 s apart
+        assert lines[4] == "web-0 log line 4\n"
+        (start,) = _events(
+            kube_env,
+            lambda e: getattr(e, "subresource", "") == "log" and getattr(e, "phase", "") == "start",
+        )
+        assert start.http_version == "2"  # type: ignore[attr-defined]
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    # kubectl's exit drops its connection: the stream's handler ends and records it
+    (end,) = _events(
+        kube_env,
+        lambda e: getattr(e, "subresource", "") == "log" and getattr(e, "phase", "") == "end",
+    )
+    assert end.http_version == "2" and end.request_id == start.id  # type: ignore[attr-defined]
+    assert end.bytes_out >= len("".join(lines))  # type: ignore[attr-defined]
+
+
 def test_http_1_1_clients_are_served_and_recorded_as_http_1_1(kube_env: KubeEnv) -> None:
     token = kube_env.mint.mint("alice")
     with httpx.Client(verify=False, timeout=10, http2=False) as http:
