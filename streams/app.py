@@ -287,19 +287,24 @@ class StreamsApp:
             await self.identities.catch_up()
         changed: dict[bytes, int] = {}
         for msg, event, doc in decoded:
-            if event is None and doc.get("session_id") and doc["type"] in SESSION_TYPES:
-                event = Event.model_validate(doc)
-            if event is None:
+            extra: dict[str, Any] = {}
+            if event is None:  # plainly valid: read from the JSON
                 found, unattributed = decide_doc(doc, get_identity(doc.get("credential_id")))
+                session_id = doc.get("session_id")
+                if session_id and doc["type"] in SESSION_TYPES:
+                    summary = sessions.fold_event(
+                        self._session(session_id), doc["type"], doc["time"]
+                    )
+                    self._put_session(changed, msg.partition, summary)
+                    extra = sessions.end_fields_doc(doc, summary)
                 if unattributed:
-                    event = Event.model_validate(doc)
+                    event = Event.model_validate(doc)  # for the alert
             else:
                 found, unattributed = decide(event, get_identity(event.credential_id))
-            extra: dict[str, Any] = {}
-            if event is not None and event.session_id and event.type in SESSION_TYPES:
-                summary = sessions.on_event(self._session(event.session_id), event)
-                self._put_session(changed, msg.partition, summary)
-                extra = sessions.end_fields(event, summary)
+                if event.session_id and event.type in SESSION_TYPES:
+                    summary = sessions.on_event(self._session(event.session_id), event)
+                    self._put_session(changed, msg.partition, summary)
+                    extra = sessions.end_fields(event, summary)
             value = audit_record(
                 event, doc, self._identity_json(found) if found is not None else None, extra
             )

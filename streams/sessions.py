@@ -28,11 +28,17 @@ def empty(session_id: str) -> SessionSummary:
 
 def on_event(summary: SessionSummary, event: Event) -> SessionSummary:
     """Fold a session.start or session.end into the summary; other events leave it."""
+    return fold_event(summary, event.type, format_time(event.time))
+
+
+def fold_event(summary: SessionSummary, event_type: str, time: str) -> SessionSummary:
+    """`on_event` from the event's type and its time as `format_time` writes it (what a
+    plainly valid envelope carries), without the model."""
     out = dict(summary)
-    if event.type == "session.start":
-        out["start"] = format_time(event.time)
-    elif event.type == "session.end":
-        out["end"] = format_time(event.time)
+    if event_type == "session.start":
+        out["start"] = time
+    elif event_type == "session.end":
+        out["end"] = time
     return out  # type: ignore[return-value]
 
 
@@ -54,14 +60,29 @@ def end_fields(event: Event, summary: SessionSummary) -> dict[str, Any]:
     out (values the collector sent are kept); nothing for other events."""
     if event.type != "session.end":
         return {}
-    extra: dict[str, Any] = event.model_extra or {}
+    return _end_fields(event.time, event.model_extra or {}, summary)
+
+
+def end_fields_doc(doc: dict[str, Any], summary: SessionSummary) -> dict[str, Any]:
+    """`end_fields` for an envelope as JSON that `plainly_valid_event` accepted."""
+    if doc["type"] != "session.end":
+        return {}
+    # `frames` and `duration` are no envelope fields: in the JSON exactly when extras
+    return _end_fields(_parse_time(doc["time"]), doc, summary)
+
+
+def _end_fields(end: datetime, sent: Any, summary: SessionSummary) -> dict[str, Any]:
     update: dict[str, Any] = {}
-    if "frames" not in extra and summary.get("frames"):
+    if "frames" not in sent and summary.get("frames"):
         update["frames"] = summary["frames"]
-    if "duration" not in extra and "start" in summary:
-        start = datetime.fromisoformat(summary["start"].replace("Z", "+00:00"))
-        update["duration"] = round(max(0.0, (event.time - start).total_seconds()), 6)
+    if "duration" not in sent and "start" in summary:
+        start = _parse_time(summary["start"])
+        update["duration"] = round(max(0.0, (end - start).total_seconds()), 6)
     return update
+
+
+def _parse_time(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 def enrich_end(event: Event, summary: SessionSummary) -> Event:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import orjson
+
 from auditcast.events import Event, Frame
 from auditcast.streams import sessions
 
@@ -49,3 +51,20 @@ def test_other_events_pass_unchanged() -> None:
     ev = Event(type="kube.request", session_id="s1", user="bob")
     assert sessions.enrich_end(ev, sessions.empty("s1")) is ev
     assert sessions.on_event(sessions.empty("s1"), ev) == sessions.empty("s1")
+
+
+def test_folding_the_json_matches_folding_the_model() -> None:
+    events = [
+        start(),
+        end(exit_code=3),
+        end(frames=9, duration=1.0),
+        Event(type="kube.request", session_id="s1", user="bob"),
+    ]
+    for summary in (sessions.empty("s1"), sessions.on_frames(
+        sessions.on_event(sessions.empty("s1"), start()), frames(3)
+    )):  # fmt: skip
+        for ev in events:
+            doc = orjson.loads(ev.to_json())
+            folded = sessions.fold_event(summary, doc["type"], doc["time"])
+            assert folded == sessions.on_event(summary, ev)
+            assert sessions.end_fields_doc(doc, folded) == sessions.end_fields(ev, folded)
