@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     spool_fsync: Literal["always", "batch", "never"] = "batch"
     spool_retention_seconds: float = 15 * 60
     spool_retention_max_bytes: int = 256 * 1024 * 1024
+    # "process": a child process sends to Kafka (off the collector's event loop);
+    # "inline": a task on the collector's own loop sends.
+    spool_sender: Literal["process", "inline"] = "inline"
 
     log_level: str = "INFO"
 
