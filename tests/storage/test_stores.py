@@ -163,3 +163,20 @@ def test_search_text_keeps_its_word_order_for_phrase_queries(tmp_path: Path) -> 
     # values are indexed last to first: "verb, user" reads "get ann", never "ann get"
     assert [e["id"] for e in store.search(EventQuery(q="get/ann")).items] == ["1"]
     assert store.search(EventQuery(q="ann/get")).items == []
+
+
+def test_redelivered_events_add_no_index_words_or_session_changes(tmp_path: Path) -> None:
+    store = SQLiteAuditStore(tmp_path / "a.db")
+    first = Event(type="session.start", session_id="s1", user="ann", title="deploy-zebra")
+    assert store.add_many([first.to_dict()]) == 1
+    late = Event(type="session.start", session_id="s1", user="ann", title="other-title")
+    again = {**first.to_dict(), "title": "changed-in-flight"}  # same id: ignored entirely
+    assert store.add_many([again, late.to_dict(), again]) == 1
+    assert store.count() == 2
+    assert store.search(EventQuery(q="changed-in-flight")).items == []
+    fts = store._db.execute(
+        "SELECT count(*) FROM events_fts WHERE events_fts MATCH 'zebra'"
+    ).fetchone()[0]
+    assert fts == 1
+    assert store.session("s1")["title"] == "other-title"
+    assert store.get(first.id)["title"] == "deploy-zebra"
