@@ -174,9 +174,13 @@ class SQLiteAuditStore:
                     f"the audit log at {path} has an older layout ({e})",
                     hint="move it aside; the store rebuilds it from the broker's retention",
                 ) from None
-            # WAL + NORMAL: a commit survives a process crash; only an OS crash can lose
-            # the last transactions, which the broker still holds (offsets not committed).
-            self._db.execute("PRAGMA synchronous=NORMAL")
+            # WAL + FULL: each commit is fsynced before it returns, so the sink commits
+            # Kafka offsets only for rows that survive an OS crash or power loss too.
+            # (NORMAL would sync only at checkpoints: offsets could run ahead of the
+            # disk.) One transaction per poll of up to 5,000 events makes the fsync cheap:
+            # measured here, 40k events in 1,000-event batches cost the same CPU and time
+            # (38-39 us/event) under NORMAL and FULL.
+            self._db.execute("PRAGMA synchronous=FULL")
             # 64 MiB page cache: the indexes of a busy day stay in memory while inserting.
             self._db.execute("PRAGMA cache_size=-65536")
         self._db.row_factory = sqlite3.Row
