@@ -285,3 +285,25 @@ async def test_ctrl_c_reaches_the_command_and_the_terminal_is_restored_after(
     assert re.search(r"(?<!-)icanon", modes) and re.search(r"(?<!-)echo\b", modes), modes
     assert re.search(r"(?<!-)opost", modes), modes
     shell.close()
+
+
+async def test_rec_with_a_sender_process_records_and_keeps_the_terminal_clean(
+    rec_env: tuple[Settings, dict[str, str]],
+) -> None:
+    """`spool_sender = "process"`: the same recording; the sender's logs go to rec.log,
+    never onto the user's terminal."""
+    settings, env = rec_env
+    env = {**env, "AUDITCAST_SPOOL_SENDER": "process"}
+    argv = ["bash", "-c", 'printf "hello\\n"; exit 3']
+    done = await asyncio.to_thread(run_rec, env, "--", *argv)
+    assert done.returncode == 3, done.stderr
+    assert done.stdout == b"hello\r\n"
+    frames = await read_frames(settings, session_id_of(done.stderr))
+    assert output_of(frames) == b"hello\r\n" and frames[-1].data == b"3"
+
+    offline = {**env, "AUDITCAST_KAFKA": f"127.0.0.1:{free_port()}"}
+    done = await asyncio.to_thread(run_rec, offline, "--", "true")
+    assert done.returncode == 0
+    assert b"cannot reach the broker" not in done.stdout + done.stderr
+    log_text = (settings.log_dir / "rec.log").read_text()
+    assert "spool cannot reach the broker" in log_text
