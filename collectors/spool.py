@@ -305,6 +305,7 @@ class Spool:
         # In the child: own segments mirrored from the parent, and the progress hook.
         self._mirrored: dict[str, _Segment] = {}
         self._gone: set[str] = set()
+        self._vanished: list[str] = []
         self._reported = False  # the sender process's first report came
         self._stopping = False
         self.on_progress: Callable[[], None] | None = None
@@ -570,8 +571,10 @@ class Spool:
             path = self.dir / name
             try:
                 fd = os.open(path, os.O_RDWR)
-            except OSError:  # finished meanwhile: a late message
+            except OSError:  # finished: by us (a late message) or by the child before us
                 self._gone.add(name)
+                self._vanished.append(name)
+                self._progress()
                 return
             acked, cluster = _read_ack(path)
             acked = min(acked, size)
@@ -616,6 +619,8 @@ class Spool:
         for n in finished:
             del self._mirrored[n]
             self._gone.add(n)
+        finished += self._vanished
+        self._vanished = []
         st = self._stats
         return {
             "tried": self._tried.is_set(),

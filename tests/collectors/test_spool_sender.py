@@ -16,6 +16,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import orjson
 import pytest
 
 import auditcast.collectors.spool as spool_mod
@@ -176,3 +177,30 @@ async def test_sigkilled_collector_takes_its_sender_along_and_the_drainer_adopts
     assert await drain_all(s, follow=False, idle_exit_s=5) == 25
     got = [decode_event(v).model_extra["n"] for v in await read_topic(s, EVENTS_RAW, 25)]
     assert got == list(range(25))
+
+
+def test_sender_process_says_a_segment_it_cannot_find_is_finished(tmp_path: Path) -> None:
+    """A sender that retired a segment and died before saying so: its successor cannot
+    open it and tells the collector it is finished, so flush() does not wait for it."""
+    s = settings_on(UNREACHABLE, tmp_path)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "auditcast.collectors.spool_sender"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    hello = {"name": "gw", "settings": s.model_dump(mode="json"), "log_level": "ERROR"}
+    gone_name = "seg-0000000000000-1-abcdef-000001-0000000000000.log"
+    proc.stdin.write(orjson.dumps(hello) + b"\n" + orjson.dumps([[gone_name, 10, 1, True]]) + b"\n")
+    proc.stdin.flush()
+    try:
+        for _ in range(50):
+            report = orjson.loads(proc.stdout.readline())
+            if gone_name in report["finished"]:
+                break
+        else:
+            pytest.fail("the missing segment was never reported finished")
+        assert report["own"] == {} and not report["connected"]
+    finally:
+        proc.stdin.close()
+        assert proc.wait(10) == 0
