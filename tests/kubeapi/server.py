@@ -2,7 +2,7 @@
 
 A real kube-apiserver cannot run on this machine, so tests run real `kubectl` (and the
 gateway) against this. It implements just enough, over TLS with its own CA, for kubectl
-1.32 `get pods [-n NS] [-w]`, `logs [-f]`, `exec [-it]` and `attach`:
+1.32 `get pods [-n NS] [-w]`, `logs [-f]`, `exec [-it]`, `attach` and `port-forward`:
 
 - `/version`, legacy discovery (`/api`, `/api/v1`, `/apis`: kubectl falls back to it
   when the answer is not aggregated discovery);
@@ -15,6 +15,10 @@ gateway) against this. It implements just enough, over TLS with its own CA, for 
 - exec/attach over WebSocket with the remotecommand subprotocols
   `v5.channel.k8s.io`, `v4.channel.k8s.io` and `v4.base64.channel.k8s.io`: each exec
   runs a real local process (in a PTY with `tty=true`, plain pipes otherwise);
+- port-forward (`pods/portforward`, authorized as `create`) speaking real SPDY/3.1
+  (spdy.py, portforward.py), tunnelled in WebSocket (`SPDY/3.1+portforward.k8s.io`,
+  kubectl's default since 1.31) or after a direct `Upgrade: SPDY/3.1`; each forwarded
+  connection reaches a real loopback TCP port from `Pod.ports`;
 - the audit webhook backend in batch mode: every request becomes an `audit.k8s.io/v1`
   `Event` (auditID from the `Audit-ID` request header when present, as the apiserver
   does), posted as `EventList` batches to the configured URL.
@@ -55,9 +59,13 @@ from auditcast.collectors.kube.channels import (
     exit_status,
 )
 from auditcast.collectors.kube.requestinfo import RequestInfo, parse_request_info
+from tests.kubeapi import portforward
 from tests.kubeapi.pki import TestCA
 
 TABLE_ACCEPT = "as=Table"
+PORTFORWARD_TUNNEL = "SPDY/3.1+portforward.k8s.io"
+PORTFORWARD_PROTOCOL = "portforward.k8s.io"
+STREAM_PROTOCOL = "X-Stream-Protocol-Version"
 AUDIT_BATCH_SECONDS = 0.1
 CREATED = "2026-11-28T10:00:00Z"
 
@@ -88,6 +96,7 @@ class Pod:
     namespace: str
     name: str
     container: str = "main"
+    ports: dict[int, int] = field(default_factory=dict)  # container port -> loopback port
 
 
 @dataclass
@@ -492,6 +501,8 @@ class FakeApiServer:
                     return await self._exec(request, pod, info.subresource)
                 if info.subresource == "log":
                     return await self._log(request, pod)
+                if info.subresource == "portforward":
+                    return await self._portforward(request, pod)
         return status_response(404, "NotFound", "the server could not find the requested resource")
 
     def _pod(self, info: RequestInfo) -> Pod | None:
@@ -549,6 +560,65 @@ class FakeApiServer:
                 with contextlib.suppress(ConnectionError):
                     await resp.write(f"{pod.name} log line {i}\n".encode())
                 i += 1
+        return resp
+
+    # port-forward -----------------------------------------------------------------
+    async def _portforward(self, request: web.Request, pod: Pod) -> web.StreamResponse:
+        """SPDY/3.1 port-forward tunnelled in WebSocket binary messages (kubectl >= 1.31),
+        or straight after `Upgrade: SPDY/3.1` (older kubectl, or the fallback)."""
+        upgrade = request.headers.get("Upgrade", "").lower()
+        if upgrade == "spdy/3.1":
+            return await self._portforward_spdy(request, pod)
+        if upgrade != "websocket":
+            return status_response(400, "BadRequest", "Upgrade request required")
+        ws = web.WebSocketResponse(protocols=[PORTFORWARD_TUNNEL], autoping=True, max_msg_size=0)
+        await ws.prepare(request)
+        if ws.ws_protocol != PORTFORWARD_TUNNEL:
+            await ws.close(code=1002, message=b"no supported port-forward subprotocol")
+            return ws
+
+        async def recv() -> bytes | None:
+            async for msg in ws:
+                if msg.type == aiohttp.WSMsgType.BINARY:
+                    return bytes(msg.data)
+            return None
+
+        with contextlib.suppress(ConnectionError):  # kubectl or the gateway went away
+            await portforward.serve(recv, ws.send_bytes, pod.ports)
+        await ws.close()
+        return ws
+
+    async def _portforward_spdy(self, request: web.Request, pod: Pod) -> web.StreamResponse:
+        protocols = [p.strip() for p in request.headers.get(STREAM_PROTOCOL, "").split(",")]
+        if PORTFORWARD_PROTOCOL not in protocols:
+            return status_response(
+                403, "Forbidden", f"no supported {STREAM_PROTOCOL} (want {PORTFORWARD_PROTOCOL})"
+            )
+        resp = web.StreamResponse(
+            status=101,
+            headers={
+                "Connection": "Upgrade",
+                "Upgrade": "SPDY/3.1",
+                STREAM_PROTOCOL: PORTFORWARD_PROTOCOL,
+            },
+        )
+        await resp.prepare(request)
+        transport = request.transport
+        assert transport is not None
+        feed = _RawFeed(transport)
+        request.protocol.set_parser(feed)  # type: ignore[arg-type]  # any feed_data/feed_eof
+
+        async def send(data: bytes) -> None:
+            if transport.is_closing():
+                raise ConnectionResetError("port-forward connection closed")
+            transport.write(data)
+            # a bare transport has no drain(): poll its buffer (bounded at 1 MiB)
+            while transport.get_write_buffer_size() > (1 << 20) and not transport.is_closing():  # noqa: ASYNC110
+                await asyncio.sleep(0.005)
+
+        with contextlib.suppress(ConnectionError):
+            await portforward.serve(feed.get, send, pod.ports)
+        transport.close()
         return resp
 
     # exec / attach -----------------------------------------------------------------
@@ -632,6 +702,33 @@ class FakeApiServer:
         with contextlib.suppress(asyncio.CancelledError):
             await inputs
         return ws
+
+
+class _RawFeed:
+    """The bytes after a raw `101 Switching Protocols`, as aiohttp's payload parser
+    hands them over; reading pauses while 64 chunks wait."""
+
+    def __init__(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport
+        self._q: asyncio.Queue[bytes | None] = asyncio.Queue()
+
+    def feed_data(self, data: bytes) -> tuple[bool, bytes]:
+        self._q.put_nowait(bytes(data))
+        if self._q.qsize() > 64 and isinstance(self._transport, asyncio.ReadTransport):
+            self._transport.pause_reading()
+        return False, b""
+
+    def feed_eof(self) -> None:
+        self._q.put_nowait(None)
+
+    def set_exception(self, exc: BaseException, cause: BaseException | None = None) -> None:
+        self._q.put_nowait(None)
+
+    async def get(self) -> bytes | None:
+        item = await self._q.get()
+        if self._q.qsize() < 8 and isinstance(self._transport, asyncio.ReadTransport):
+            self._transport.resume_reading()
+        return item
 
 
 class _Process:
@@ -799,7 +896,7 @@ def demo_spec(workdir: Path, **overrides: Any) -> ClusterSpec:
         rules=[
             Rule(
                 verbs={"get", "list", "watch", "create"},
-                resources={"pods", "pods/exec", "pods/attach", "pods/log"},
+                resources={"pods", "pods/exec", "pods/attach", "pods/log", "pods/portforward"},
                 groups={"devs"},
                 namespace="dev",
             ),
