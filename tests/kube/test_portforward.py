@@ -160,6 +160,11 @@ def test_port_forward_carries_a_megabyte_and_an_http_get_exactly(pod_ports: Kube
         pf.close()
     (end,) = _events(env, "end")
     assert end.namespace == "dev"  # type: ignore[attr-defined]
+    assert end.request_id == start.id  # type: ignore[attr-defined]
+    assert end.response_code == 101  # type: ignore[attr-defined]
+    # the gateway counts the tunnel's bytes (SPDY framing included), it does not record them
+    assert end.bytes_in > 1 << 20 and end.bytes_out > 1 << 20  # type: ignore[attr-defined]
+    assert not env.sink.of_type("session.start")
 
 
 def test_port_forward_over_direct_spdy_upgrade_works_too(pod_ports: KubeEnv) -> None:
@@ -189,19 +194,33 @@ def test_rbac_denied_user_gets_the_upstreams_403_for_port_forward(pod_ports: Kub
     )
     assert r.returncode != 0
     assert (
-        'pods "web-0" is forbidden: User "carol" cannot create resource "pods/portforward" '
-        'in API group "" in the namespace "dev"'
+        'error upgrading connection: pods "web-0" is forbidden: User "carol" cannot create '
+        'resource "pods/portforward" in API group "" in the namespace "dev"'
     ) in r.stderr, r.stderr
+    # kubectl tried the WebSocket tunnel, then fell back to SPDY: the cluster refused both
+    tried = [(s.method, s.status) for s in env.upstream.seen if s.path.endswith("/portforward")]
+    assert tried == [("GET", 403), ("POST", 403)]
+    refused = env.sink.wait_for(
+        "kube.request",
+        lambda e: getattr(e, "subresource", "") == "portforward",
+        count=2,
+    )
+    assert [getattr(e, "response_code", 0) for e in refused] == [403, 403]
+    assert all(e.user == "carol" for e in refused)
 
 
+@pytest.mark.parametrize("websockets", ["true", "false"], ids=["websocket", "spdy"])
 def test_lock_on_the_user_ends_a_live_port_forward_and_refuses_the_next(
-    pod_ports_with_locks: KubeEnv,
+    pod_ports_with_locks: KubeEnv, websockets: str
 ) -> None:
     env = pod_ports_with_locks
     assert env.settings is not None
     authority = LockAuthority(env.settings)
     env.gateway.call(authority.start())
-    kenv = env.kubeconfig(env.mint.mint("alice"))
+    kenv = {
+        **env.kubeconfig(env.mint.mint("alice")),
+        "KUBECTL_PORT_FORWARD_WEBSOCKETS": websockets,
+    }
     pf = PortForward(kenv, ECHO_PORT)
     try:
         with socket.create_connection(("127.0.0.1", pf.local[ECHO_PORT]), timeout=20) as conn:
