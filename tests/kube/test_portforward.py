@@ -240,3 +240,20 @@ def test_lock_on_the_user_ends_a_live_port_forward_and_refuses_the_next(
     finally:
         pf.close()
         env.gateway.call(authority.stop())
+
+
+def test_forwarding_to_a_port_nothing_listens_on_reports_the_pods_error(
+    pod_ports: KubeEnv,
+) -> None:
+    env = pod_ports
+    pf = PortForward(env.kubeconfig(env.mint.mint("alice")), 9999)
+    try:
+        with socket.create_connection(("127.0.0.1", pf.local[9999]), timeout=20) as conn:
+            conn.sendall(b"anyone there?")
+            assert _ended(conn)
+        pf.proc.wait(20)  # the error on the error stream ends kubectl's port-forward
+    finally:
+        err = pf.close()
+    assert pf.proc.returncode == 1
+    assert "an error occurred forwarding" in err
+    assert "-> 9999: error forwarding port 9999 to pod: no container port 9999 in this pod" in err
