@@ -21,6 +21,9 @@ import pexpect
 import pytest
 import yaml
 
+from auditcast.access import ca as ca_mod
+from auditcast.access import roles as roles_mod
+from auditcast.access import tokens as tokens_mod
 from auditcast.access.lock_authority import LockAuthority
 from auditcast.access.lock_model import LockTargets, new_lock
 from auditcast.broker import free_port
@@ -37,10 +40,8 @@ from tests.kubeapi import (
 )
 from tests.kubeapi.server import wait_for
 
-ca_mod = pytest.importorskip("auditcast.access.ca")
-roles_mod = pytest.importorskip("auditcast.access.roles")
 EXAMPLE_ROLES = Path(roles_mod.__file__).with_name("roles.example.yaml")
-tokens_mod = pytest.importorskip("auditcast.access.tokens")
+
 AUDITCAST = str(Path(os.sys.executable).with_name("auditcast"))  # type: ignore[attr-defined]
 
 

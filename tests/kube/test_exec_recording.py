@@ -15,16 +15,14 @@ from typing import Any
 
 import orjson
 import pexpect
-import pytest
 
+from auditcast.collectors import session as session_mod
+from auditcast.collectors import spool as spool_mod
 from auditcast.events import Frame, decode_frames
 from auditcast.kafka import start_consumer
 from auditcast.settings import Settings
 from auditcast.topics import EVENTS_RAW, SESSION_FRAMES
-from tests.kube.conftest import running_kube_env
-
-session_mod = pytest.importorskip("auditcast.collectors.session")
-spool_mod = pytest.importorskip("auditcast.collectors.spool")
+from tests.kube.conftest import running_kube_env, wait_until
 
 
 async def read_topic(
@@ -43,19 +41,37 @@ async def read_topic(
     return got
 
 
+def record_through_spool(env: Any, settings: Settings) -> tuple[Any, list[Any]]:
+    """The gateway records through a real spool; the recorders it made, for waiting."""
+    spool = spool_mod.Spool(settings, "kube-gateway-test")
+    env.gateway.call(spool.start())
+    recorders: list[Any] = []
+
+    def recorder(kind: str, **fields: Any) -> Any:
+        rec = session_mod.SessionRecorder(spool, kind=kind, **fields)
+        recorders.append(rec)
+        return rec
+
+    env.gateway.gateway.recorder = recorder
+    env.gateway.gateway.sink = spool
+    return spool, recorders
+
+
+def deliver_recordings(env: Any, spool: Any, recorders: list[Any]) -> None:
+    """kubectl exits when it has the exit status; the gateway ends the recording when it
+    sees the stream close, a moment later on its own thread. Wait for that end, then
+    for the spool to deliver everything, before closing it."""
+    assert recorders and wait_until(lambda: all(r.ended for r in recorders), 15)
+    assert env.gateway.call(spool.flush(10))
+    env.gateway.call(spool.close(5))
+
+
 def test_interactive_exec_is_recorded_exactly_as_the_user_saw_it(
     tmp_path: Path, make_settings: Callable[..., Settings]
 ) -> None:
     settings = make_settings()
     with running_kube_env(tmp_path) as env:
-        spool = spool_mod.Spool(settings, "kube-gateway-test")
-        env.gateway.call(spool.start())
-
-        def recorder(kind: str, **fields: Any) -> Any:
-            return session_mod.SessionRecorder(spool, kind=kind, **fields)
-
-        env.gateway.gateway.recorder = recorder
-        env.gateway.gateway.sink = spool
+        spool, recorders = record_through_spool(env, settings)
         kenv = env.kubeconfig(env.mint.mint("alice"))
         screen = io.BytesIO()
         sh = pexpect.spawn(
@@ -77,8 +93,7 @@ def test_interactive_exec_is_recorded_exactly_as_the_user_saw_it(
         sh.expect(pexpect.EOF)
         sh.close()
         assert sh.exitstatus == 5
-        assert env.gateway.call(spool.flush(10))
-        env.gateway.call(spool.close(5))
+        deliver_recordings(env, spool, recorders)
 
     events = [
         orjson.loads(v)
@@ -137,14 +152,7 @@ def test_non_tty_exec_is_recorded_too(
 ) -> None:
     settings = make_settings()
     with running_kube_env(tmp_path) as env:
-        spool = spool_mod.Spool(settings, "kube-gateway-test")
-        env.gateway.call(spool.start())
-
-        def recorder(kind: str, **fields: Any) -> Any:
-            return session_mod.SessionRecorder(spool, kind=kind, **fields)
-
-        env.gateway.gateway.recorder = recorder
-        env.gateway.gateway.sink = spool
+        spool, recorders = record_through_spool(env, settings)
         r = subprocess.run(
             [
                 "kubectl",
@@ -162,8 +170,7 @@ def test_non_tty_exec_is_recorded_too(
             timeout=30,
         )
         assert r.returncode == 3 and r.stdout == b"out\n"
-        assert env.gateway.call(spool.flush(10))
-        env.gateway.call(spool.close(5))
+        deliver_recordings(env, spool, recorders)
 
     events = [orjson.loads(v) for v in asyncio.run(read_topic(
         settings, EVENTS_RAW, lambda got: any(b"session.end" in v for v in got)
