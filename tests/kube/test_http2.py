@@ -15,7 +15,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import timedelta
 from pathlib import Path
 
 import h2.config
@@ -31,8 +30,6 @@ from aiohttp import web
 from h2.errors import ErrorCodes
 from h2.exceptions import DenialOfServiceError, FrameTooLargeError, ProtocolError
 
-from auditcast.access.lock_authority import LockAuthority
-from auditcast.access.lock_model import LockTargets, new_lock
 from auditcast.collectors.kube.h2front import STREAM_HIGH_WATER, AlpnSite, FrameGuard
 from tests.kube.conftest import KubeEnv, wait_until
 from tests.kube.test_gateway import kubectl
@@ -469,41 +466,6 @@ def test_malformed_http2_connections_get_goaway_and_the_gateway_keeps_serving(
 
     ok = kubectl(kube_env.kubeconfig(kube_env.mint.mint("alice")), "get", "pods", "-n", "dev")
     assert ok.returncode == 0 and "web-0" in ok.stdout, ok.stderr
-
-
-def test_locked_users_http2_watch_is_ended(kube_env_with_locks: KubeEnv) -> None:
-    env = kube_env_with_locks
-    assert env.settings is not None
-    authority = LockAuthority(env.settings)
-    env.gateway.call(authority.start())
-    proc = subprocess.Popen(
-        ["kubectl", "get", "pods", "-n", "dev", "-w"],
-        env=env.kubeconfig(env.mint.mint("bob")),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        assert "NAME" in proc.stdout.readline()
-        assert wait_until(lambda: len(env.gateway.gateway.live) == 1)
-        lock = new_lock(LockTargets(user="bob"), ttl=timedelta(minutes=5), message="offboarding")
-        env.gateway.call(authority.create(lock))
-        assert wait_until(lambda: not env.gateway.gateway.live, timeout=5)
-        (end,) = env.sink.wait_for(
-            "kube.request",
-            lambda e: getattr(e, "verb", "") == "watch" and getattr(e, "phase", "") == "end",
-        )
-        assert end.closed_by_lock == lock.name  # type: ignore[attr-defined]
-        assert end.http_version == "2"  # type: ignore[attr-defined]
-        # kubectl's watch ends with the stream (as over HTTP/1.1, it exits quietly)
-        proc.communicate(timeout=15)
-        assert proc.returncode == 0
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            proc.wait(10)
-        env.gateway.call(authority.stop())
 
 
 # -- the front on its own: flow control against a plain aiohttp app --------------------

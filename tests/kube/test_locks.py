@@ -8,6 +8,7 @@ from datetime import timedelta
 
 import httpx
 import pexpect
+import pytest
 
 from auditcast.access.lock_authority import LockAuthority
 from auditcast.access.lock_model import LockTargets, new_lock
@@ -85,14 +86,20 @@ def test_locked_user_exec_session_is_closed_and_new_requests_get_the_lock_messag
         env.gateway.call(authority.stop())
 
 
-def test_locked_users_watch_is_ended(kube_env_with_locks: KubeEnv) -> None:
+@pytest.mark.parametrize("http_version", ["1.1", "2"])
+def test_locked_users_watch_is_ended(kube_env_with_locks: KubeEnv, http_version: str) -> None:
+    """`kubectl get pods -w` over HTTP/2 (what kubectl picks when the gateway offers it)
+    and over HTTP/1.1 (client-go's DISABLE_HTTP2): the lock ends the watch either way."""
     env = kube_env_with_locks
     assert env.settings is not None
     authority = LockAuthority(env.settings)
     env.gateway.call(authority.start())
+    kenv = env.kubeconfig(env.mint.mint("bob"))
+    if http_version == "1.1":
+        kenv["DISABLE_HTTP2"] = "true"
     proc = subprocess.Popen(
         ["kubectl", "get", "pods", "-n", "dev", "-w"],
-        env=env.kubeconfig(env.mint.mint("bob")),
+        env=kenv,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -103,13 +110,18 @@ def test_locked_users_watch_is_ended(kube_env_with_locks: KubeEnv) -> None:
         assert wait_until(lambda: len(env.gateway.gateway.live) == 1)
         lock = new_lock(LockTargets(user="bob"), ttl=timedelta(minutes=5), message="offboarding")
         env.gateway.call(authority.create(lock))
-        assert wait_until(lambda: not env.gateway.gateway.live, timeout=2)
+        assert wait_until(lambda: not env.gateway.gateway.live, timeout=5)
         (end,) = env.sink.wait_for(
             "kube.request",
             lambda e: getattr(e, "verb", "") == "watch" and getattr(e, "phase", "") == "end",
         )
         assert end.closed_by_lock == lock.name  # type: ignore[attr-defined]
+        assert end.http_version == http_version  # type: ignore[attr-defined]
+        # kubectl's watch ends with the stream; it exits quietly
+        proc.communicate(timeout=15)
+        assert proc.returncode == 0
     finally:
-        proc.terminate()
-        proc.wait(10)
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(10)
         env.gateway.call(authority.stop())
