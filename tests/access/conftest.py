@@ -21,6 +21,7 @@ completes it over HTTP the way a browser would.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -159,14 +160,22 @@ class AccessAPI:
         assert proc.stderr is not None
         url = None
         pattern = DEVICE_URL_LINE if device else URL_LINE
+        seen: list[str] = []  # everything login said before the URL, for a failure
         deadline = time.monotonic() + 30
         while url is None and time.monotonic() < deadline:
             line = proc.stderr.readline()
             if not line:
                 break
+            seen.append(line)
             m = pattern.match(line.rstrip("\n"))
             url = m.group(1) if m else None
-        assert url, f"login printed no URL: {proc.stderr.read() if proc.poll() is not None else ''}"
+        if url is None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(10)
+            rest = proc.stderr.read() if proc.poll() is not None else "(still running)"
+            raise AssertionError(
+                f"login printed no URL (exit {proc.returncode}): {''.join(seen)}{rest}"
+            )
         sign_in = device_sign_in if device else browser_sign_in
         done = sign_in(url, user, password or DEMO_USERS[user]["password"])
         out, err = proc.communicate(timeout=60)
