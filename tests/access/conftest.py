@@ -27,6 +27,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -109,6 +110,11 @@ def device_sign_in(url: str, user: str, password: str) -> httpx.Response:
         raise AssertionError(f"no login form in the device flow: {page.text[:500]}")
 
 
+# How long `auditcast login` may take to print its sign-in URL (a cold start of the CLI
+# on a loaded 2-core CI machine has taken over 30 s).
+LOGIN_URL_TIMEOUT_S = 120.0
+
+
 @dataclass
 class Client:
     user: str
@@ -161,14 +167,21 @@ class AccessAPI:
         url = None
         pattern = DEVICE_URL_LINE if device else URL_LINE
         seen: list[str] = []  # everything login said before the URL, for a failure
-        deadline = time.monotonic() + 30
-        while url is None and time.monotonic() < deadline:
-            line = proc.stderr.readline()
-            if not line:
-                break
-            seen.append(line)
-            m = pattern.match(line.rstrip("\n"))
-            url = m.group(1) if m else None
+        # Read until the URL or EOF; a watchdog ends a login that never prints it. (A
+        # deadline checked between lines gave up on a login that was merely slow to
+        # start on a loaded CI machine: its first line came just after the deadline.)
+        watchdog = threading.Timer(LOGIN_URL_TIMEOUT_S, proc.kill)
+        watchdog.start()
+        try:
+            while url is None:
+                line = proc.stderr.readline()
+                if not line:
+                    break
+                seen.append(line)
+                m = pattern.match(line.rstrip("\n"))
+                url = m.group(1) if m else None
+        finally:
+            watchdog.cancel()
         if url is None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(10)
