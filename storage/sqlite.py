@@ -342,21 +342,13 @@ def _search_text(doc: dict[str, Any]) -> str:
     The order is the reverse of the document's (depth first), as the index has always
     been fed: phrase queries match adjacent words, so the order must not change."""
     out: list[str] = []
-    for k, v in doc.items():
-        if k in _NOT_TEXT:
-            continue
-        t = type(v)
-        if t is str:
-            out.append(v)
-        elif t is dict or t is list:
-            _leaf_text(v, out)
-        elif v is not None and t is not bool:
-            out.append(str(v))
+    _leaf_text([v for k, v in doc.items() if k not in _NOT_TEXT], out)
     out.reverse()
     return " ".join(out)
 
 
 def _leaf_text(value: Any, out: list[str]) -> None:
+    """Append the searchable leaves of a dict's values or a list's items to `out`."""
     for v in value.values() if type(value) is dict else value:
         t = type(v)
         if t is str:
