@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 
 import pytest
 
-from auditcast.aio import cancel_and_wait
+from auditcast.aio import cancel_and_wait, run_until_signalled, stop_other_tasks
 
 
 async def test_a_loop_that_swallows_the_first_cancel_is_cancelled_again() -> None:
@@ -58,3 +60,61 @@ async def test_a_failure_of_the_task_is_logged_not_raised(caplog: pytest.LogCapt
         await cancel_and_wait(task)
     assert "broken had failed: RuntimeError('boom')" in caplog.text
     await cancel_and_wait(None)  # nothing to stop is fine
+
+
+async def test_a_signal_stops_a_main_that_swallows_the_first_cancel() -> None:
+    """What `auditcast store` once did: SIGTERM cancelled its task once, a reconnect loop
+    swallowed that, and the process ran on for minutes after the signal."""
+    swallowed = 0
+    started = asyncio.Event()
+
+    async def stubborn() -> None:
+        nonlocal swallowed
+        started.set()
+        while True:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                if swallowed:
+                    raise
+                swallowed += 1
+
+    runner = asyncio.create_task(run_until_signalled(stubborn(), grace=5))
+    await started.wait()
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert await asyncio.wait_for(runner, 5) is True
+    assert swallowed == 1
+    # the handler is gone again: SIGTERM has its default action back
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
+async def test_main_that_ends_by_itself_returns_and_its_error_is_raised() -> None:
+    async def fine() -> None:
+        await asyncio.sleep(0)
+
+    async def broken() -> None:
+        raise RuntimeError("no broker")
+
+    assert await run_until_signalled(fine()) is True
+    with pytest.raises(RuntimeError, match="no broker"):
+        await run_until_signalled(broken())
+
+
+async def test_stop_other_tasks_reports_one_that_never_ends() -> None:
+    release = False
+
+    async def immortal() -> None:
+        while not release:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                pass
+
+    polite = asyncio.create_task(asyncio.sleep(3600))
+    stuck = asyncio.create_task(immortal())
+    await asyncio.sleep(0)
+    assert await stop_other_tasks(grace=0.5) is False  # not in wait_for: its task would count
+    assert polite.cancelled() and not stuck.done()
+    release = True
+    assert await stop_other_tasks(grace=0.5) is True
+    assert stuck.done()
