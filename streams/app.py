@@ -165,7 +165,7 @@ class StreamsApp:
         self.app.on_before_shutdown.connect(self._stop_identities)  # type: ignore[arg-type]
         self._assigned = asyncio.Event()
         self._identities_loaded = asyncio.Event()
-        self._identity_docs: dict[int, tuple[Identity, dict[str, Any]]] = {}
+        self._identity_docs: dict[int, tuple[Identity, dict[str, Any], bytes]] = {}
 
     def topic_name(self, name: str) -> str:
         return topic(self.settings, name)
@@ -244,15 +244,17 @@ class StreamsApp:
 
     # --- agents ------------------------------------------------------------------
 
-    def _identity_json(self, identity: Identity) -> dict[str, Any]:
-        """The JSON form of an identity, made once per identities record."""
+    def _identity_json(self, identity: Identity) -> tuple[dict[str, Any], bytes]:
+        """The JSON form of an identity (as a dict and as text), made once per
+        identities record."""
         cached = self._identity_docs.get(id(identity))
         if cached is None or cached[0] is not identity:
-            cached = (identity, identity.model_dump(mode="json", exclude_none=True))
+            doc = identity.model_dump(mode="json", exclude_none=True)
+            cached = (identity, doc, orjson.dumps(doc))
             if len(self._identity_docs) > IDENTITY_CACHE_MAX:
                 self._identity_docs.clear()
             self._identity_docs[id(identity)] = cached
-        return cached[1]
+        return cached[1], cached[2]
 
     async def process_raw_batch(
         self, batch: Sequence[ConsumerRecord[bytes, bytes]]
@@ -305,8 +307,11 @@ class StreamsApp:
                     summary = sessions.on_event(self._session(event.session_id), event)
                     self._put_session(changed, msg.partition, summary)
                     extra = sessions.end_fields(event, summary)
+            ident_doc, ident_json = (
+                self._identity_json(found) if found is not None else (None, None)
+            )
             value = audit_record(
-                event, doc, self._identity_json(found) if found is not None else None, extra
+                event, doc, ident_doc, extra, raw=msg.value, identity_json=ident_json
             )
             if same_partition:
                 await out.add(self.events_audit, msg.partition, msg.key, value)

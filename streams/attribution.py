@@ -136,6 +136,9 @@ def audit_record(
     doc: dict[str, Any],
     identity: dict[str, Any] | None,
     extra: dict[str, Any] | None = None,
+    *,
+    raw: bytes | None = None,
+    identity_json: bytes | None = None,
 ) -> bytes:
     """The `events.audit` value for `event` as sent (`doc`, its parsed JSON), with the
     `identity` attribution found (its JSON form) and `extra` fields added. `event` may be
@@ -143,7 +146,13 @@ def audit_record(
 
     `time` and `code` are normalised and nulls dropped as `Event.to_json` does; the rest
     is kept as the collector wrote it, so the record is not re-serialised from the model.
+    With `raw` (the record `doc` was parsed from) and `identity_json` (`identity` as
+    JSON), a plainly valid record is extended as text instead (`_extended`).
     """
+    if event is None and raw is not None:
+        text = _extended(raw, doc, identity_json if identity is not None else None, extra)
+        if text is not None:
+            return text
     out = {k: v for k, v in doc.items() if v is not None}
     if event is None:
         out["code"] = out.get("code") or CODE_BY_TYPE[out["type"]]
@@ -156,3 +165,34 @@ def audit_record(
     if extra:
         out.update(extra)
     return orjson.dumps(out)
+
+
+def _extended(
+    raw: bytes, doc: dict[str, Any], identity_json: bytes | None, extra: dict[str, Any] | None
+) -> bytes | None:
+    """`raw` with `code` (when missing), `identity` and `extra` appended inside its
+    closing brace: the same JSON object `audit_record` builds, without copying the
+    document and serialising it again (two thirds of the worker's own cost per event).
+    None when that would not be the same object: a top-level null to drop, a `code` to
+    replace, a field to overwrite, or text after the object's closing brace."""
+    if None in doc.values():
+        return None
+    parts: list[bytes] = []
+    if not doc.get("code"):
+        if "code" in doc:
+            return None
+        parts.append(b'"code":' + orjson.dumps(CODE_BY_TYPE[doc["type"]]))
+    if identity_json is not None:
+        if "identity" in doc:
+            return None
+        parts.append(b'"identity":' + identity_json)
+    if extra:
+        if not extra.keys().isdisjoint(doc):
+            return None
+        parts.append(orjson.dumps(extra)[1:-1])
+    body = raw.rstrip(b" \t\r\n")
+    if not body.endswith(b"}"):
+        return None
+    if not parts:
+        return body
+    return b"".join((body[:-1], b",", b",".join(parts), b"}"))

@@ -7,7 +7,13 @@ import pytest
 
 from auditcast.errors import MalformedMessage
 from auditcast.events import Event, Identity, Source
-from auditcast.streams.attribution import attribute, decide, decide_doc, parse_identity_record
+from auditcast.streams.attribution import (
+    attribute,
+    audit_record,
+    decide,
+    decide_doc,
+    parse_identity_record,
+)
 from auditcast.streams.identities import IdentityView
 
 ALICE = Identity(user="alice", sso_subject="sub-1", groups=["dev"], roles=["developer"])
@@ -109,3 +115,42 @@ def test_deciding_on_the_json_matches_deciding_on_the_model(
 ) -> None:
     doc = orjson.loads(event.to_json())
     assert decide_doc(doc, known) == decide(event, known)
+
+
+_ALICE_DOC = ALICE.model_dump(mode="json", exclude_none=True)
+_RECORDS = [
+    # what collectors write (no nulls, code present)
+    Event(
+        type="kube.request", user="alice", credential_id="c", source=Source(collector="kube")
+    ).to_json(),
+    # no code, whitespace around and inside, a top-level null, a falsy code
+    b' { "id": "e1", "type": "kube.request", "time": "2026-11-29T01:02:03.000004Z" } \n',
+    b'{"id":"e2","type":"session.end","time":"2026-11-29T01:02:03.000004Z","user":null}',
+    b'{"id":"e3","type":"session.end","time":"2026-11-29T01:02:03.000004Z","code":""}',
+    # fields that `extra` or the identity would overwrite
+    b'{"id":"e4","type":"session.end","time":"2026-11-29T01:02:03.000004Z","frames":1}',
+    b'{"id":"e5","type":"kube.request","time":"2026-11-29T01:02:03.000004Z",'
+    b'"identity":{"user":"zed"}}',
+    b'{"id":"e6","type":"kube.request","time":"2026-11-29T01:02:03.000004Z","s":"}\\""}',
+]
+
+
+@pytest.mark.parametrize("raw", _RECORDS, ids=range(len(_RECORDS)))
+@pytest.mark.parametrize("identity", [_ALICE_DOC, None], ids=["identity", "none"])
+@pytest.mark.parametrize("extra", [{}, {"frames": 3, "duration": 1.5}], ids=["plain", "extra"])
+def test_the_record_extended_as_text_is_the_record_built_from_the_document(
+    raw: bytes, identity: dict | None, extra: dict
+) -> None:
+    """The worker appends identity and extra fields to the record's text; what the
+    store then reads must be exactly the object the dict-based path writes."""
+    doc = orjson.loads(raw)
+    built = audit_record(None, dict(doc), identity, extra)
+    fast = audit_record(None, doc, identity, extra, raw=raw, identity_json=orjson.dumps(identity))
+    assert orjson.loads(fast) == orjson.loads(built)
+    short = (
+        None not in doc.values()
+        and doc.get("code") != ""
+        and not (identity and "identity" in doc)
+        and not (extra and "frames" in doc)
+    )
+    assert fast.startswith(raw.rstrip()[:-1]) == short  # the text kept, or built anew
