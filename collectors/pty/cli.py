@@ -9,6 +9,7 @@ and SSH sessions. Works without a broker: the spool keeps the session until
 from __future__ import annotations
 
 import asyncio
+import gc
 import getpass
 import logging
 import os
@@ -55,6 +56,13 @@ CONNECT_WAIT_S: Final = 1.0
 GIL_SWITCH_INTERVAL_S: Final = 0.0002
 
 
+# rec's objects from start-up (imports, settings, the Kafka client) live for the whole
+# session. Frozen, collections never walk them again, and with a young generation this
+# big the few collections that run find little. Measured (bench_recorder, 500 keys per
+# rec): a 2-3 ms gen-1 collection held the loop once per run before, none after.
+GC_THRESHOLDS: Final = (20_000, 10, 10)
+
+
 @dataclass(frozen=True)
 class RecResult:
     session_id: str
@@ -73,6 +81,13 @@ def undelivered_notice() -> str:
         "notice: the broker is unreachable; the session is kept in the spool and is "
         "delivered when the pipeline is back (`auditcast up`)"
     )
+
+
+def _settle_gc() -> None:
+    """Collect start-up's garbage once, then keep collections off the keystroke path."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def _stdin_fd() -> int | None:
@@ -155,6 +170,7 @@ async def record_session(
             size=size,
             winch_fd=term,
         )
+        _settle_gc()  # the collector is set up: what exists now lives as long as we do
         exit_code: int | None = None
         try:
             with raw_mode(stdin_fd if stdin_fd is not None and os.isatty(stdin_fd) else None):
