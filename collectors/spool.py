@@ -24,19 +24,19 @@ batches here first, so a broker outage never costs a record:
   and holds an exclusive `flock` on them; the next sender (a restarted collector, the
   drainer that `auditcast up` runs) adopts the segments of a writer that died.
 
-- `spool_sender = "process"` (opt-in; default `inline`): `start()` spawns
-  `auditcast.collectors.spool_sender`, which runs the sender half in its own process:
-  it reads this process's segments back from the page cache (no flock: we hold them,
-  so it is never taken for an adopter), sends, writes the `.ack` sidecars, adopts,
-  prunes and replays as the inline sender does, and reports progress (acked offsets,
-  counters, connection) as JSON lines. We tell it the segment sizes at most every
-  NOTIFY_DELAY_S. `flush()`, `stats`, `wait_connected()`, the cap and `close()` read
-  the mirrored progress, so they mean what they mean inline. A dead child is
-  restarted (it resumes from the sidecars); the child stops on EOF and dies with us
-  (PR_SET_PDEATHSIG), so after a SIGKILL the drainer adopts our segments alone.
-  Measured (2 cores, shared): it takes ~85 % of the sending CPU off the collector's
-  process (keystroke echo p99 better), but costs ~20 % more CPU in total (segments
-  read back), so on a saturated machine bulk throughput is lower: hence not default.
+- `spool_sender = "process"` (opt-in; default `inline`): the sender half runs in a
+  child process, `spool_sender` (a `Spool` subclass there reads this process's
+  segments back from the page cache with no flock, so it is never taken for an
+  adopter; sends, writes the `.ack` sidecars, adopts, prunes and replays as the
+  inline sender does). `spool_process.SenderLink`, on our side, spawns it, tells it
+  the segment sizes at most every NOTIFY_DELAY_S, mirrors its progress reports and
+  restarts it if it dies (it resumes from the sidecars); the child stops on EOF and
+  dies with us (PR_SET_PDEATHSIG), so after a SIGKILL the drainer adopts our segments
+  alone. `flush()`, `stats`, `wait_connected()`, the cap and `close()` read the
+  mirrored progress, so they mean what they mean inline. Measured (2 cores, shared):
+  it takes ~85 % of the sending CPU off the collector's process (keystroke echo p99
+  better), but costs ~20 % more CPU in total (segments read back), so on a saturated
+  machine bulk throughput is lower: hence not default.
 
 Files in `spool_dir/NAME/`: `seg-<writer>-<n>.log` (pending), `.sent` (retained),
 `.ack` (sidecar of either: acked offset + cluster id).
@@ -50,16 +50,14 @@ import fcntl
 import logging
 import os
 import struct
-import sys
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import msgpack
-import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.partitioner import DefaultPartitioner
@@ -83,6 +81,9 @@ from auditcast.kafka import (
 )
 from auditcast.settings import Settings
 from auditcast.topics import EVENTS_RAW, SESSION_FRAMES, topic
+
+if TYPE_CHECKING:
+    from auditcast.collectors.spool_process import SenderLink
 
 log = logging.getLogger(__name__)
 
@@ -115,11 +116,6 @@ CLUSTER_CHECK_S: Final = 0.5
 TMP_LITTER_S: Final = 60.0
 # Building a send batch gives the event loop back this often (bytes of record values).
 YIELD_BYTES: Final = 256 * 1024
-# Sender process: the longest report/state line, and how long a stopping child may take.
-REPORT_MAX_BYTES: Final = 16 * 1024 * 1024
-CHILD_STOP_S: Final = 5.0
-# The child hears of appends at most this often: bigger batches, fewer wake-ups.
-NOTIFY_DELAY_S: Final = 0.02
 _ACK = struct.Struct(">Q")
 _PARTITIONER: Final = DefaultPartitioner()
 
@@ -227,16 +223,6 @@ def _count_records(fd: int, start: int, end: int) -> tuple[int, int]:
     return records, corrupt
 
 
-def _log_fd() -> int | None:
-    """The file descriptor our log handler writes to, if it has one."""
-    for handler in logging.getLogger().handlers:
-        try:
-            return int(handler.stream.fileno())  # type: ignore[attr-defined]
-        except (AttributeError, OSError, ValueError):
-            continue
-    return None
-
-
 def _open_held(path: Path, own: bool, *, replayed: bool = False) -> _Segment | None:
     """Lock a `.log` segment left by someone else and describe it, or None if held."""
     fd = _try_lock(path)
@@ -295,20 +281,13 @@ class Spool:
         self._topics = [topic(settings, EVENTS_RAW), topic(settings, SESSION_FRAMES)]
         # One packer for the frame batches: packb would allocate its buffer per batch.
         self._packer = msgpack.Packer(use_bin_type=True)
-        # `spool_sender = "process"`: a child process sends (see `_supervise`); this
+        # `spool_sender = "process"`: a child process sends (`spool_process`); this
         # process appends and mirrors the child's progress.
-        self._process = writer and settings.spool_sender == "process"
-        self._child: asyncio.subprocess.Process | None = None
-        self._remote: dict[str, _Segment] = {}  # the child's adopted/replayed segments
-        self._notify_handle: asyncio.Handle | None = None
-        self._child_base = (0, 0, 0)  # counters of the child processes before this one
-        # In the child: own segments mirrored from the parent, and the progress hook.
-        self._mirrored: dict[str, _Segment] = {}
-        self._gone: set[str] = set()
-        self._vanished: list[str] = []
-        self._reported = False  # the sender process's first report came
-        self._stopping = False
-        self.on_progress: Callable[[], None] | None = None
+        self._link: SenderLink | None = None
+        if writer and settings.spool_sender == "process":
+            from auditcast.collectors.spool_process import SenderLink
+
+            self._link = SenderLink(self)
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -319,18 +298,14 @@ class Spool:
         """
         if self._task is not None:
             raise SpoolError(f"spool {self.name} is already started")
-        if self._process:
+        if self._link is not None:
             try:
-                await asyncio.to_thread(self.dir.mkdir, parents=True, exist_ok=True, mode=0o700)
-                await asyncio.to_thread(self._prune_retained)
-                self._rotate()
-                proc = await self._spawn_child()
+                self._task = await self._link.start()
             except OSError as e:
                 raise SpoolError(
                     f"cannot open spool {self.dir}: {e}",
                     hint="check that AUDITCAST_HOME is writable and has free space",
                 ) from None
-            self._task = asyncio.create_task(self._supervise(proc), name=f"spool-{self.name}")
             return
         try:
             adopted = await asyncio.to_thread(self._open_dir)
@@ -365,9 +340,9 @@ class Spool:
         """
         delivered = await self.flush(drain_timeout) if drain_timeout > 0 else not self.pending
         task, self._task = self._task, None
-        if self._process:
+        if self._link is not None:
             self._active = None  # no more appends
-            await self._stop_child()
+            await self._link.stop()
         await cancel_and_wait(task)
         await self._disconnect()
         segments, self._segments, self._active = self._segments, [], None
@@ -376,12 +351,6 @@ class Spool:
 
     def _release(self, segments: list[_Segment]) -> None:
         for seg in segments:
-            if seg.path.name in self._mirrored:  # the parent's: it finishes them itself
-                if seg.fd >= 0:
-                    with contextlib.suppress(OSError):
-                        os.close(seg.fd)
-                    seg.fd = -1
-                continue
             seg.closed = True
             if self.settings.spool_fsync != "never" and seg.own and seg.synced < seg.size:
                 with contextlib.suppress(OSError):
@@ -391,253 +360,8 @@ class Spool:
                 with contextlib.suppress(OSError):
                     os.close(seg.fd)
 
-    # ----------------------------------------------------------------- sender process
-
-    async def _supervise(self, proc: asyncio.subprocess.Process | None) -> None:
-        """`spool_sender = "process"`: run the sender child, restart it if it dies."""
-        backoff = BACKOFF_MIN_S
-        while not self._stopping:
-            began = time.monotonic()
-            try:
-                await self._run_child(proc or await self._spawn_child())
-            except OSError as e:
-                log.error("cannot start the spool sender process: %s", e)
-            proc = None
-            if self._stopping:
-                return
-            self._stats.connected = False
-            self._tried.set()  # wait_connected() must not wait for a dead child
-            log.warning(
-                "spool sender process exited; starting another",
-                extra={"fields": {"spool": self.name, "retry_s": backoff}},
-            )
-            backoff = BACKOFF_MIN_S if time.monotonic() - began > 10 else backoff
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, BACKOFF_MAX_S)
-
-    async def _spawn_child(self) -> asyncio.subprocess.Process:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "auditcast.collectors.spool_sender",
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=_log_fd(),  # its logs go where ours go (`auditcast rec`: a file)
-            limit=REPORT_MAX_BYTES,
-        )
-        assert proc.stdin is not None and proc.stdout is not None
-        hello = {
-            "name": self.name,
-            "settings": self.settings.model_dump(mode="json"),
-            "log_level": logging.getLevelName(logging.getLogger().getEffectiveLevel()),
-        }
-        proc.stdin.write(orjson.dumps(hello) + b"\n")
-        self._child = proc
-        self._notify()
-        return proc
-
-    async def _run_child(self, proc: asyncio.subprocess.Process) -> None:
-        assert proc.stdout is not None
-        self._child = proc
-        try:
-            while True:
-                try:
-                    line = await asyncio.wait_for(proc.stdout.readline(), IDLE_POLL_S)
-                except TimeoutError:
-                    line = None
-                if line == b"":
-                    break
-                if line:
-                    self._apply_report(orjson.loads(line))
-                self._rotate_if_old()
-        finally:
-            self._child = None
-            st = self._stats
-            self._child_base = (st.sent_records, st.replayed_records, st.corrupt_records)
-            if proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-            await proc.wait()
-
-    async def _stop_child(self) -> None:
-        """Close the child's input (it stops) and read its last reports."""
-        self._stopping = True
-        child, task = self._child, self._task
-        if child is not None and child.stdin is not None:
-            child.stdin.close()
-        if task is not None and child is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(task), CHILD_STOP_S)
-
-    def _schedule_notify(self, now: bool = False) -> None:
-        """Tell the child about new appends, at most every NOTIFY_DELAY_S (its
-        batches grow, our loop and the child wake less); `now` for flush()."""
-        if self._child is None:
-            return
-        handle = self._notify_handle
-        if handle is not None:
-            if not now:
-                return
-            handle.cancel()
-        loop = asyncio.get_running_loop()
-        self._notify_handle = (
-            loop.call_soon(self._notify) if now else loop.call_later(NOTIFY_DELAY_S, self._notify)
-        )
-
-    def _notify(self) -> None:
-        self._notify_handle = None
-        child = self._child
-        if child is None or child.stdin is None or child.stdin.is_closing():
-            return
-        # Each message is the whole state, so one can be skipped while the child lags.
-        if child.stdin.transport.get_write_buffer_size() > REPORT_MAX_BYTES:
-            return
-        state = [[s.path.name, s.size, s.records, s.closed] for s in self._segments if s.fd >= 0]
-        child.stdin.write(orjson.dumps(state) + b"\n")
-
-    def _apply_report(self, doc: dict[str, Any]) -> None:
-        """Mirror the child's progress: acked offsets, counters, connection."""
-        st = self._stats
-        before = st.sent_records
-        sent, replayed, corrupt = self._child_base
-        st.sent_records = sent + doc["sent"]
-        st.replayed_records = replayed + doc["replayed"]
-        st.corrupt_records = corrupt + doc["corrupt"]
-        st.retained_bytes = doc["retained"]
-        st.connected = doc["connected"]
-        st.cluster_id = doc["cluster_id"]
-        now = time.monotonic()
-        own: dict[str, list[Any]] = doc["own"]
-        finished = set(doc["finished"])
-        for seg in list(self._segments):
-            name = seg.path.name
-            r = own.get(name)
-            if r is not None:
-                seg.acked = min(r[0], seg.size)
-                seg.acked_records, seg.cluster, seg.replayed = r[1], r[2], r[3]
-                if not seg.pending:
-                    seg.pending_since = None
-                elif seg.pending_since is None:
-                    seg.pending_since = now
-            elif name in finished and seg is not self._active:
-                with contextlib.suppress(OSError):
-                    os.close(seg.fd)
-                seg.fd = -1
-                self._segments.remove(seg)
-        self._remote = {
-            name: _Segment(
-                path=self.dir / name,
-                fd=-1,
-                own=False,
-                size=size,
-                acked=acked,
-                records=records,
-                acked_records=acked_records,
-                closed=True,
-                replayed=replayed_,
-                pending_since=None if age is None else now - age,
-            )
-            for name, size, acked, records, acked_records, replayed_, age in doc["other"]
-        }
-        self._reported = True
-        if doc["tried"]:
-            self._tried.set()
-        if st.sent_records > before:
-            self._report_full()
-        self._acked.set()
-
-    def _rotate_if_old(self) -> None:
-        seg = self._active
-        if seg is not None and seg.size > 0 and time.monotonic() - seg.created > SEGMENT_MAX_AGE_S:
-            try:
-                self._rotate()
-            except OSError as e:
-                log.error("cannot start a new spool segment in %s: %s", self.dir, e)
-            self._schedule_notify()
-
-    # In the child process (`spool_sender`), a writer=False Spool that sends the
-    # parent's segments as well as what it adopts:
-
-    def mirror(self, name: str, size: int, records: int, closed: bool) -> None:
-        """The parent appended to (or closed) its segment `name`.
-
-        The parent holds the segment's flock; we open it without locking, so no one
-        can mistake us for an adopter, and we never finish it after the parent is gone.
-        """
-        seg = self._mirrored.get(name)
-        if seg is None:
-            if name in self._gone:
-                return
-            path = self.dir / name
-            try:
-                fd = os.open(path, os.O_RDWR)
-            except OSError:  # finished: by us (a late message) or by the child before us
-                self._gone.add(name)
-                self._vanished.append(name)
-                self._progress()
-                return
-            acked, cluster = _read_ack(path)
-            acked = min(acked, size)
-            before = _count_records(fd, 0, acked)[0] if acked else 0
-            seg = _Segment(
-                path=path,
-                fd=fd,
-                own=True,
-                acked=acked,
-                read=acked,
-                cluster=cluster,
-                acked_records=before,
-            )
-            if acked and self._cluster_id and cluster != self._cluster_id:
-                self._reset(seg)
-            self._mirrored[name] = seg
-            self._segments.append(seg)
-            self._sort()
-        if seg.fd < 0:
-            return
-        seg.size = max(seg.size, size)
-        seg.records = max(seg.records, records)
-        seg.closed = closed
-        if seg.pending and seg.pending_since is None:
-            seg.pending_since = time.monotonic()
-        self._wake.set()
-
-    def progress_report(self) -> dict[str, Any]:
-        """What the parent mirrors (see `_apply_report`)."""
-        now = time.monotonic()
-        own: dict[str, list[Any]] = {}
-        other: list[list[Any]] = []
-        for s in self._segments:
-            if s.path.name in self._mirrored:
-                own[s.path.name] = [s.acked, s.acked_records, s.cluster, s.replayed]
-            else:
-                age = None if s.pending_since is None else now - s.pending_since
-                other.append(
-                    [s.path.name, s.size, s.acked, s.records, s.acked_records, s.replayed, age]
-                )
-        finished = [n for n, s in self._mirrored.items() if s.fd < 0]
-        for n in finished:
-            del self._mirrored[n]
-            self._gone.add(n)
-        finished += self._vanished
-        self._vanished = []
-        st = self._stats
-        return {
-            "tried": self._tried.is_set(),
-            "connected": st.connected,
-            "cluster_id": st.cluster_id,
-            "sent": st.sent_records,
-            "replayed": st.replayed_records,
-            "corrupt": st.corrupt_records,
-            "retained": st.retained_bytes,
-            "own": own,
-            "other": other,
-            "finished": finished,
-        }
-
     def _progress(self) -> None:
-        if self.on_progress is not None:
-            self.on_progress()
+        """The sender made progress or changed state (the sender process reports it)."""
 
     # ----------------------------------------------------------------- appends
 
@@ -701,12 +425,12 @@ class Spool:
                 os.ftruncate(seg.fd, seg.size)
             raise SpoolError(f"cannot write to spool {seg.path}: {e}") from None
         end = seg.size + size
-        if self._process:
+        if self._link is not None:
             seg.size = end
             seg.records += 1
             if seg.pending_since is None:
                 seg.pending_since = time.monotonic()
-            self._schedule_notify()
+            self._link.schedule_notify()
             return
         if (
             not seg.filling
@@ -741,11 +465,12 @@ class Spool:
     @property
     def sender_pid(self) -> int | None:
         """The sender process's pid (`spool_sender = "process"`), None inline."""
-        return self._child.pid if self._child is not None else None
+        return self._link.pid if self._link is not None else None
 
     def _all(self) -> list[_Segment]:
         """Every segment in line: ours, plus those the sender process adopted."""
-        return [*self._segments, *self._remote.values()] if self._remote else self._segments
+        remote = self._link.remote if self._link is not None else None
+        return [*self._segments, *remote.values()] if remote else self._segments
 
     def pending_bytes(self) -> int:
         return sum(s.size - s.acked for s in self._all())
@@ -774,7 +499,7 @@ class Spool:
         """
         deadline = time.monotonic() + timeout
         # The sender process reports what it adopted first: that is in line too.
-        while self._process and not self._reported:
+        while self._link is not None and not self._link.reported:
             left = deadline - time.monotonic()
             if left <= 0:
                 return False
@@ -792,8 +517,8 @@ class Spool:
             if left <= 0:
                 return False
             self._acked.clear()
-            if self._process:
-                self._schedule_notify(now=True)
+            if self._link is not None:
+                self._link.schedule_notify(now=True)
             else:
                 self._wake.set()
             with contextlib.suppress(TimeoutError):

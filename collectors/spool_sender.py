@@ -10,7 +10,7 @@ Protocol, one JSON line per message:
 - stdin: first `{"name", "settings", "log_level"}`, then the parent's segment state
   `[[name, size, records, closed], ...]` whenever it appended (once per loop turn).
   EOF means the parent stopped or died: we stop at once.
-- stdout: `Spool.progress_report()` after each send and connection change.
+- stdout: `MirrorSpool.progress_report()` after each send and connection change.
 
 We also die with the parent (PR_SET_PDEATHSIG), so a SIGKILLed collector never leaves a
 sender behind that races the drainer adopting its segments.
@@ -24,14 +24,129 @@ import ctypes
 import os
 import signal
 import sys
+import time
+from collections.abc import Callable
+from typing import Any
 
 import orjson
 
-from auditcast.collectors.spool import REPORT_MAX_BYTES, Spool
+from auditcast.collectors.spool import (
+    Spool,
+    _count_records,
+    _read_ack,
+    _Segment,
+)
+from auditcast.collectors.spool_process import REPORT_MAX_BYTES
 from auditcast.logs import setup_logging
 from auditcast.settings import Settings
 
 _PR_SET_PDEATHSIG = 1
+
+
+class MirrorSpool(Spool):
+    """A sender-only `Spool` (writer=False) that also sends the parent's segments.
+
+    `mirror()` is told of the parent's appends; `progress_report()` is what the parent
+    mirrors back; `on_progress` is called whenever there is something new to report.
+    """
+
+    def __init__(self, settings: Settings, name: str) -> None:
+        super().__init__(settings, name, writer=False)
+        self._mirrored: dict[str, _Segment] = {}  # the parent's segments we send
+        self._gone: set[str] = set()
+        self._vanished: list[str] = []
+        self.on_progress: Callable[[], None] | None = None
+
+    def mirror(self, name: str, size: int, records: int, closed: bool) -> None:
+        """The parent appended to (or closed) its segment `name`.
+
+        The parent holds the segment's flock; we open it without locking, so no one
+        can mistake us for an adopter, and we never finish it after the parent is gone.
+        """
+        seg = self._mirrored.get(name)
+        if seg is None:
+            if name in self._gone:
+                return
+            path = self.dir / name
+            try:
+                fd = os.open(path, os.O_RDWR)
+            except OSError:  # finished: by us (a late message) or by the child before us
+                self._gone.add(name)
+                self._vanished.append(name)
+                self._progress()
+                return
+            acked, cluster = _read_ack(path)
+            acked = min(acked, size)
+            before = _count_records(fd, 0, acked)[0] if acked else 0
+            seg = _Segment(
+                path=path,
+                fd=fd,
+                own=True,
+                acked=acked,
+                read=acked,
+                cluster=cluster,
+                acked_records=before,
+            )
+            if acked and self._cluster_id and cluster != self._cluster_id:
+                self._reset(seg)
+            self._mirrored[name] = seg
+            self._segments.append(seg)
+            self._sort()
+        if seg.fd < 0:
+            return
+        seg.size = max(seg.size, size)
+        seg.records = max(seg.records, records)
+        seg.closed = closed
+        if seg.pending and seg.pending_since is None:
+            seg.pending_since = time.monotonic()
+        self._wake.set()
+
+    def progress_report(self) -> dict[str, Any]:
+        """What the parent mirrors (`SenderLink._apply_report`)."""
+        now = time.monotonic()
+        own: dict[str, list[Any]] = {}
+        other: list[list[Any]] = []
+        for s in self._segments:
+            if s.path.name in self._mirrored:
+                own[s.path.name] = [s.acked, s.acked_records, s.cluster, s.replayed]
+            else:
+                age = None if s.pending_since is None else now - s.pending_since
+                other.append(
+                    [s.path.name, s.size, s.acked, s.records, s.acked_records, s.replayed, age]
+                )
+        finished = [n for n, s in self._mirrored.items() if s.fd < 0]
+        for n in finished:
+            del self._mirrored[n]
+            self._gone.add(n)
+        finished += self._vanished
+        self._vanished = []
+        st = self._stats
+        return {
+            "tried": self._tried.is_set(),
+            "connected": st.connected,
+            "cluster_id": st.cluster_id,
+            "sent": st.sent_records,
+            "replayed": st.replayed_records,
+            "corrupt": st.corrupt_records,
+            "retained": st.retained_bytes,
+            "own": own,
+            "other": other,
+            "finished": finished,
+        }
+
+    def _progress(self) -> None:
+        if self.on_progress is not None:
+            self.on_progress()
+
+    def _release(self, segments: list[_Segment]) -> None:
+        """The parent's segments are only closed: it finishes them itself."""
+        theirs = [s for s in segments if s.path.name in self._mirrored]
+        for seg in theirs:
+            if seg.fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(seg.fd)
+                seg.fd = -1
+        super()._release([s for s in segments if s.path.name not in self._mirrored])
 
 
 def _die_with_parent() -> None:
@@ -53,7 +168,7 @@ async def serve() -> None:
         return
     hello = orjson.loads(first)
     setup_logging(hello["log_level"])
-    spool = Spool(Settings.model_validate(hello["settings"]), hello["name"], writer=False)
+    spool = MirrorSpool(Settings.model_validate(hello["settings"]), hello["name"])
     scheduled = False
 
     def report() -> None:
