@@ -182,6 +182,10 @@ class KubeGateway:
             self._sessions[c.name] = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(ssl=self._ssl[c.name], limit=256),
                 auto_decompress=False,
+                # one session carries every user's requests: a cookie set by an answer to
+                # one of them (an app behind services/NAME/proxy) must never ride along
+                # on another's, so the gateway keeps no cookies (clients keep their own)
+                cookie_jar=aiohttp.DummyCookieJar(),
                 timeout=aiohttp.ClientTimeout(total=None, connect=10),
                 skip_auto_headers=("User-Agent", "Accept-Encoding"),
             )

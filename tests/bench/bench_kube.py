@@ -15,6 +15,14 @@ exec tap) and this client. Measured in the same run against the same double:
    requests/s at concurrency 32 (h2: one connection, 32 streams). `--only-h2` runs just
    this part.
 
+Each target also reports `cpu_us_per_request` of the serving processes over the GET
+phases (warm-up, latency and concurrency; user+system time from /proc): for `direct`
+the double alone, for a gateway the gateway process (`gateway_cpu_us_per_request`) and
+the double behind it, and `gateway_cpu_over_upstream_cpu` (the gateway's CPU per request
+over the double's in the same phase: a ratio that load drift cancels out of). CPU time
+per request is much steadier than wall-clock p50 on a shared, loaded machine.
+`--only-http` runs just the GET phases (no exec, h2 or locks).
+
 Two gateways: `gateway` sends its events to a counting sink (the proxy's own cost);
 `gateway_recorded` is the production setup, recording through the real Spool and
 SessionRecorder (events to the embedded broker, every exec byte into the recording).
@@ -48,6 +56,12 @@ CONCURRENCY = 32
 EXEC_MB = 200
 N_LOCK_TRIALS = 40
 PODS_PATH = "/api/v1/namespaces/dev/pods"
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def percentiles(samples: list[float]) -> dict[str, float]:
@@ -290,7 +304,11 @@ def _via(gw: dict[str, Any]) -> dict[str, Any]:
 
 
 async def measure(
-    upstream: dict[str, str], gateways: dict[str, dict[str, Any]], settings: Any
+    upstream: dict[str, str],
+    gateways: dict[str, dict[str, Any]],
+    settings: Any,
+    pids: dict[str, int],
+    only_http: bool = False,
 ) -> dict[str, Any]:
     direct = {
         "url": upstream["url"],
@@ -306,11 +324,24 @@ async def measure(
             conn = aiohttp.TCPConnector(ssl=target["ctx"], limit=CONCURRENCY)
             async with aiohttp.ClientSession(connector=conn) as s:
                 url = target["url"] + PODS_PATH
+                cpu0 = {k: cpu_seconds(pid) for k, pid in pids.items()}
                 await latency(s, url, target["headers"], 50)  # warm-up
                 lat = await latency(s, url, target["headers"], N_LATENCY)
                 rps = await throughput(s, url, target["headers"])
-                mbps = await exec_throughput(s, target["url"], target["headers"], target["ctx"])
-            rounds[name].append({**percentiles(lat), "rps_c32": rps, "exec_MBps": mbps})
+                n_req = 50 + N_LATENCY + N_THROUGHPUT
+                cpu = {k: (cpu_seconds(pid) - cpu0[k]) * 1e6 / n_req for k, pid in pids.items()}
+                row = {**percentiles(lat), "rps_c32": rps}
+                row["upstream_cpu_us_per_request"] = cpu["upstream"]
+                if name in gateways:
+                    row["gateway_cpu_us_per_request"] = cpu[name]
+                    row["cpu_us_per_request"] = cpu[name] + cpu["upstream"]
+                else:
+                    row["cpu_us_per_request"] = cpu["upstream"]
+                if not only_http:
+                    row["exec_MBps"] = await exec_throughput(
+                        s, target["url"], target["headers"], target["ctx"]
+                    )
+            rounds[name].append(row)
     results: dict[str, Any] = {"rounds": ROUNDS}
     for name, rs in rounds.items():
         results[name] = {k: round(statistics.median(r[k] for r in rs), 3) for k in rs[0]}
@@ -320,7 +351,16 @@ async def measure(
         g["added_latency_p50_ms"] = round(g["p50_ms"] - d["p50_ms"], 3)
         g["added_latency_p99_ms"] = round(g["p99_ms"] - d["p99_ms"], 3)
         g["rps_ratio"] = round(g["rps_c32"] / d["rps_c32"], 3)
-        g["exec_throughput_ratio"] = round(g["exec_MBps"] / d["exec_MBps"], 3)
+        g["added_cpu_us_per_request"] = round(g["cpu_us_per_request"] - d["cpu_us_per_request"])
+        # the double behind it, measured in the same phase, as the yardstick: this ratio
+        # stays put when the machine's load makes every CPU figure drift
+        g["gateway_cpu_over_upstream_cpu"] = round(
+            g["gateway_cpu_us_per_request"] / g["upstream_cpu_us_per_request"], 3
+        )
+        if not only_http:
+            g["exec_throughput_ratio"] = round(g["exec_MBps"] / d["exec_MBps"], 3)
+    if only_http:
+        return results
     results["h2"] = await h2_leg(upstream, gateways["gateway"])
     results["lock_created_to_exec_closed"] = await lock_to_close(
         gateways["gateway_recorded"], settings
@@ -349,8 +389,10 @@ def main() -> None:
     parser.add_argument("--settings", help="Settings JSON for the lock view (internal)")
     parser.add_argument("--record", action="store_true", help="spool + recorder (internal)")
     parser.add_argument("--only-h2", action="store_true", help="only the HTTP/2 part")
+    parser.add_argument("--only-http", action="store_true", help="only the HTTP/1.1 GET part")
     args = parser.parse_args()
     only_h2 = bool(args.only_h2)
+    only_http = bool(args.only_http)
     if args.serve_gateway:
         upstream = json.loads(args.serve_gateway)
         asyncio.run(serve_gateway(upstream, args.workdir, args.settings, args.record))
@@ -374,6 +416,7 @@ def main() -> None:
         settings_json = json.dumps({"home": str(settings.home), "kafka": settings.kafka})
         up_proc, upstream = _spawn(["-m", "tests.kubeapi", "--workdir", str(work / "upstream")])
         procs = [up_proc]
+        pids = {"upstream": up_proc.pid}
         gateways = {}
         kinds = (
             [("gateway", [])] if only_h2 else [("gateway", []), ("gateway_recorded", ["--record"])]
@@ -383,11 +426,12 @@ def main() -> None:
             args += ["--workdir", str(work / name), "--settings", settings_json, *extra]
             proc, gateways[name] = _spawn(args)
             procs.append(proc)
+            pids[name] = proc.pid
         try:
             if only_h2:
                 results = {"h2": asyncio.run(h2_leg(upstream, gateways["gateway"]))}
             else:
-                results = asyncio.run(measure(upstream, gateways, settings))
+                results = asyncio.run(measure(upstream, gateways, settings, pids, only_http))
         finally:
             for p in reversed(procs):
                 p.send_signal(signal.SIGTERM)

@@ -5,13 +5,25 @@ from __future__ import annotations
 import asyncio
 import ssl
 import subprocess
+from pathlib import Path
 
 import aiohttp
 import httpx
 import orjson
 import pytest
+from aiohttp import web
 
-from tests.kube.conftest import KubeEnv, expired_claims_token, foreign_token, wait_until
+from auditcast.collectors.kube.gateway import KubeGateway
+from auditcast.collectors.kube.upstreams import UpstreamCluster
+from tests.kube.conftest import (
+    CollectingSink,
+    KubeEnv,
+    TokenMint,
+    expired_claims_token,
+    foreign_token,
+    wait_until,
+)
+from tests.kubeapi.pki import TestCA
 
 
 def kubectl(env: dict[str, str], *args: str, timeout: float = 30) -> subprocess.CompletedProcess:
@@ -359,3 +371,60 @@ def test_attach_is_proxied_and_recorded_as_a_stream(kube_env: KubeEnv) -> None:
             == ["end", "start"]
         )
     )
+
+
+async def test_a_cookie_set_for_one_user_never_rides_on_another_users_request(
+    tmp_path: Path,
+) -> None:
+    """An app behind the cluster's service proxy sets a session cookie in its answer to
+    alice; bob's next request through the gateway must not carry it (one upstream
+    connection pool serves every user). alice's kubectl still gets the Set-Cookie.
+    The upstream here is a small TLS app server (a test double for the app behind
+    `services/NAME/proxy`), reached by host name so that a cookie jar would keep it."""
+    ca = TestCA.create("cookie-app-ca")
+    ca_path, crt, key = ca.write(tmp_path / "app-pki", "app")
+    seen_cookies: list[str | None] = []
+
+    async def app_handler(request: web.Request) -> web.Response:
+        seen_cookies.append(request.headers.get("Cookie"))
+        resp = web.json_response({"user": request.headers.get("Impersonate-User")})
+        resp.set_cookie("app-session", f"secret-of-{request.headers.get('Impersonate-User')}")
+        return resp
+
+    app = web.Application()
+    app.router.add_route("GET", "/{tail:.*}", app_handler)
+    app_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    app_tls.load_cert_chain(crt, key)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=app_tls)
+    await site.start()
+    app_port = runner.addresses[0][1]
+
+    mint = TokenMint(tmp_path / "access-home")
+    gw_ca = TestCA.create("cookie-gw-ca")
+    gw_ca_path, gw_crt, gw_key = gw_ca.write(tmp_path / "gw-pki", "kube-gateway")
+    gw_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    gw_tls.load_cert_chain(gw_crt, gw_key)
+    cluster = UpstreamCluster("dev-cluster", f"https://localhost:{app_port}", ca=ca_path)
+    gw = KubeGateway({"dev-cluster": cluster}, mint.verify, CollectingSink())
+    await gw.start("127.0.0.1", 0, gw_tls)
+    path = "/api/v1/namespaces/dev/services/web:80/proxy/"
+    url = f"https://127.0.0.1:{gw.port}/cluster/dev-cluster{path}"
+    client_tls = ssl.create_default_context(cafile=gw_ca_path)
+    try:
+        for user in ("alice", "bob"):
+            # a fresh client per user, like two people's kubectl: no jar of their own
+            async with aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=client_tls),
+                cookie_jar=aiohttp.DummyCookieJar(),
+            ) as s:
+                headers = {"Authorization": f"Bearer {mint.mint(user)}"}
+                async with s.get(url, headers=headers) as r:
+                    assert r.status == 200
+                    assert (await r.json())["user"] == user
+                    assert f"app-session=secret-of-{user}" in r.headers["Set-Cookie"]
+    finally:
+        await gw.stop()
+        await runner.cleanup()
+    assert seen_cookies == [None, None]
