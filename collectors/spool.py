@@ -35,8 +35,9 @@ batches here first, so a broker outage never costs a record:
   alone. `flush()`, `stats`, `wait_connected()`, the cap and `close()` read the
   mirrored progress, so they mean what they mean inline. Measured (2 cores, shared):
   it takes ~85 % of the sending CPU off the collector's process (keystroke echo p99
-  better), but costs ~20 % more CPU in total (segments read back), so on a saturated
-  machine bulk throughput is lower: hence not default.
+  better), but costs ~20 % more CPU in total (segments read back): hence not the
+  `Spool` default. `auditcast rec`, where a terminal's echo is what matters, uses it
+  unless told otherwise (its figures: collectors/pty/cli.py).
 
 Files in `spool_dir/NAME/`: `seg-<writer>-<n>.log` (pending), `.sent` (retained),
 `.ack` (sidecar of either: acked offset + cluster id).
