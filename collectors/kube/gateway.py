@@ -44,6 +44,7 @@ from auditcast.collectors.kube.channels import (
     negotiate,
     parse_protocol_header,
 )
+from auditcast.collectors.kube.h1client import UpstreamPool, UpstreamProtocolError
 from auditcast.collectors.kube.h2front import AlpnSite, http_version
 from auditcast.collectors.kube.policy import (
     KubeClaims,
@@ -166,6 +167,7 @@ class KubeGateway:
         self._tokens: dict[tuple[str, str], tuple[KubeClaims, float]] = {}
         self._sessions: dict[str, aiohttp.ClientSession] = {}
         self._ssl: dict[str, ssl.SSLContext] = {}
+        self._pools: dict[str, UpstreamPool] = {}
         self._remove_listener: Callable[[], None] | None = None
         self._runner: web.AppRunner | None = None
         self.port = 0
@@ -179,6 +181,7 @@ class KubeGateway:
     async def start(self, host: str, port: int, ssl_context: ssl.SSLContext) -> None:
         for c in self.clusters.values():
             self._ssl[c.name] = c.ssl_context()
+            self._pools[c.name] = UpstreamPool(c.url, self._ssl[c.name])
             self._sessions[c.name] = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(ssl=self._ssl[c.name], limit=256),
                 auto_decompress=False,
@@ -225,6 +228,8 @@ class KubeGateway:
             await self._runner.cleanup()
         for session in self._sessions.values():
             await session.close()
+        for pool in self._pools.values():
+            pool.close()
 
     # locks ---------------------------------------------------------------------------
     def _on_lock(self, lock: Any) -> None:
@@ -476,6 +481,8 @@ class KubeGateway:
                         f"auditcast: request body exceeds the {self.max_body_bytes}-byte limit",
                     ),
                 )
+        if not streaming:
+            return await self._forward_once(request, cluster, headers, base, t0, body)
         url = cluster.url + upstream_path
         if request.query_string:
             url += "?" + request.query_string
@@ -555,6 +562,54 @@ class KubeGateway:
         with contextlib.suppress(ConnectionError, RuntimeError):
             await resp.write_eof()
         return resp
+
+    async def _forward_once(
+        self,
+        request: web.Request,
+        cluster: UpstreamCluster,
+        headers: CIMultiDict[str],
+        base: dict[str, Any],
+        t0: float,
+        body: bytes | None,
+    ) -> web.StreamResponse:
+        """A request answered once (not a watch or logs -f): on the small HTTP/1.1
+        client, the answer read whole and sent back in one write."""
+        pool = self._pools[cluster.name]
+        prefix = CLUSTER_PREFIX + cluster.name + "/"
+        raw = request.raw_path
+        if raw.startswith(prefix):
+            target = pool.base_path + raw[len(prefix) - 1 :]
+        else:  # the client percent-encoded the prefix itself: forward the decoded form
+            target = str(
+                URL.build(path=pool.base_path + base["request_path"]).with_query(
+                    request.query_string
+                )
+            )
+        try:
+            answer = await pool.request(request.method, target, headers.items(), body)
+        except (OSError, EOFError, TimeoutError, UpstreamProtocolError) as e:
+            reason = str(e) or type(e).__name__
+            self._emit({**base, "response_code": 502, "error": reason})
+            return self._refuse(
+                502,
+                status_doc(
+                    502, "BadGateway", f"auditcast: cluster {cluster.name} unreachable: {reason}"
+                ),
+            )
+        out_headers: CIMultiDict[str] = CIMultiDict()
+        for k, v in answer.headers:
+            if k.lower() not in _NOT_PASSED_BACK:
+                out_headers.add(k, v)
+        self._emit(
+            {
+                **base,
+                "response_code": answer.status,
+                "latency_ms": round((time.monotonic() - t0) * 1000, 3),
+                "bytes_in": len(body or b""),
+                "bytes_out": len(answer.body),
+            }
+        )
+        return web.Response(status=answer.status, body=answer.body, headers=out_headers)
 
     # WebSocket streams (exec, attach, port-forward) ---------------------------------------
     async def _websocket(
@@ -856,6 +911,11 @@ class KubeGateway:
         await _maybe(recorder.start())
         return recorder
 
+
+# Headers of one hop, and the length aiohttp sets itself for the body it sends.
+_NOT_PASSED_BACK: Final = frozenset(
+    {"transfer-encoding", "connection", "keep-alive", "content-length"}
+)
 
 REASON_BY_CODE: Final = {
     400: "BadRequest",

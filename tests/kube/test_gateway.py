@@ -6,6 +6,7 @@ import asyncio
 import ssl
 import subprocess
 from pathlib import Path
+from urllib.parse import parse_qs
 
 import aiohttp
 import httpx
@@ -428,3 +429,19 @@ async def test_a_cookie_set_for_one_user_never_rides_on_another_users_request(
         await gw.stop()
         await runner.cleanup()
     assert seen_cookies == [None, None]
+
+
+@pytest.mark.parametrize("prefix", ["/cluster/dev-cluster", "/cluster/dev%2Dcluster"])
+def test_the_query_and_path_reach_the_upstream_as_sent(kube_env: KubeEnv, prefix: str) -> None:
+    """Label selectors carry `=`, `!` and `,` (percent-encoded by kubectl); the upstream
+    must see the same query, also when a client percent-encodes the cluster prefix."""
+    token = kube_env.mint.mint("alice")
+    query = "labelSelector=app%3Dweb%2Ctier%21%3Ddb&limit=500"
+    with _client() as http:
+        r = http.get(
+            f"{kube_env.gateway.url}{prefix}/api/v1/namespaces/dev/pods?{query}",
+            headers={"Authorization": f"Bearer {token}"},
+        )
+    assert r.status_code == 200, r.text
+    (seen,) = [s for s in kube_env.upstream.seen if s.path == "/api/v1/namespaces/dev/pods"]
+    assert parse_qs(seen.query) == {"labelSelector": ["app=web,tier!=db"], "limit": ["500"]}

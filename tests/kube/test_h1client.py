@@ -1,0 +1,256 @@
+"""The gateway's small HTTP/1.1 upstream client: answer heads parsed alone, and real
+TLS exchanges with a raw upstream that answers the ways Go's net/http can (Content-
+Length, chunked, close-delimited, idle connections dropped)."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import aiohttp
+import orjson
+import pytest
+
+from auditcast.broker import free_port
+from auditcast.collectors.kube.gateway import KubeGateway
+from auditcast.collectors.kube.h1client import (
+    UpstreamPool,
+    UpstreamProtocolError,
+    parse_head,
+    request_head,
+)
+from auditcast.collectors.kube.upstreams import UpstreamCluster
+from tests.kube.conftest import CollectingSink, TokenMint
+from tests.kubeapi.pki import TestCA
+
+# -- parsing, alone --------------------------------------------------------------------
+
+
+def test_answer_head_gives_status_headers_in_order_and_length() -> None:
+    head = parse_head(
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 12\r\n"
+        b"Set-Cookie: a=1\r\nSet-Cookie: b=2\r\n\r\n"
+    )
+    assert head.status == 200 and head.length == 12 and head.keep_alive and not head.chunked
+    assert head.headers == [
+        ("Content-Type", "application/json"),
+        ("Content-Length", "12"),
+        ("Set-Cookie", "a=1"),
+        ("Set-Cookie", "b=2"),
+    ]
+
+
+def test_chunked_coding_wins_over_a_content_length() -> None:
+    head = parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n")
+    assert head.chunked and head.length is None
+
+
+def test_connection_close_and_http_1_0_end_keep_alive() -> None:
+    assert not parse_head(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n").keep_alive
+    assert not parse_head(b"HTTP/1.0 200 OK\r\n\r\n").keep_alive
+    assert parse_head(b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\n\r\n").keep_alive
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"HTTP/2 200 OK\r\n\r\n",
+        b"HTTP/1.1 abc OK\r\n\r\n",
+        b"garbage\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\n Folded: x\r\n\r\n",
+    ],
+)
+def test_a_broken_answer_head_is_a_protocol_error(raw: bytes) -> None:
+    with pytest.raises(UpstreamProtocolError):
+        parse_head(raw)
+
+
+def test_request_head_adds_host_and_a_body_length() -> None:
+    head = request_head("POST", "/api/v1/x?a=b", "kube:6443", [("Impersonate-User", "al")], 3)
+    assert head == (
+        b"POST /api/v1/x?a=b HTTP/1.1\r\nHost: kube:6443\r\nImpersonate-User: al\r\n"
+        b"Content-Length: 3\r\n\r\n"
+    )
+    assert b"Content-Length" not in request_head("GET", "/", "h:1", [], 0)
+
+
+def test_a_header_with_a_line_break_is_refused_not_smuggled() -> None:
+    with pytest.raises(UpstreamProtocolError, match="line break"):
+        request_head("GET", "/", "h:1", [("Impersonate-User", "eve\r\nImpersonate-Group: x")], 0)
+
+
+# -- real exchanges ----------------------------------------------------------------------
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> tuple[Path, ssl.SSLContext, ssl.SSLContext]:
+    ca = TestCA.create("h1-ca")
+    ca_path, crt, key = ca.write(tmp_path / "pki", "upstream")
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(crt, key)
+    return ca_path, server, ssl.create_default_context(cafile=ca_path)
+
+
+async def _read_request(reader: asyncio.StreamReader) -> bytes:
+    head = await reader.readuntil(b"\r\n\r\n")
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            head += await reader.readexactly(int(line.split(b":")[1]))
+    return head
+
+
+@pytest.fixture
+async def raw_upstream(
+    pki: tuple[Path, ssl.SSLContext, ssl.SSLContext],
+) -> AsyncIterator[Callable[[Handler], Awaitable[int]]]:
+    servers: list[asyncio.Server] = []
+
+    async def start(handler: Handler) -> int:
+        server = await asyncio.start_server(handler, "127.0.0.1", 0, ssl=pki[1])
+        servers.append(server)
+        return int(server.sockets[0].getsockname()[1])
+
+    yield start
+    for s in servers:
+        s.close()
+
+
+async def test_chunked_and_close_delimited_answers_are_read_whole(
+    pki: tuple[Path, ssl.SSLContext, ssl.SSLContext], raw_upstream: Callable[..., Awaitable[int]]
+) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        req = await _read_request(reader)
+        if b"/chunked" in req:
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                b"5\r\nhello\r\n7;ext=1\r\n, world\r\n0\r\nTrailer: x\r\n\r\n"
+            )
+            req = await _read_request(reader)  # same connection, next request
+        writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil the end")
+        await writer.drain()
+        writer.close()
+
+    port = await raw_upstream(handler)
+    pool = UpstreamPool(f"https://127.0.0.1:{port}", pki[2])
+    a = await pool.request("GET", "/chunked", [], None)
+    assert (a.status, a.body) == (200, b"hello, world")
+    b = await pool.request("GET", "/close", [], None)
+    assert b.body == b"until the end"
+    pool.close()
+
+
+@pytest.mark.parametrize("pause", [0.0, 0.05])  # hang-up seen before reuse, or on it
+async def test_an_idle_connection_the_upstream_dropped_is_replaced_once(
+    pause: float,
+    pki: tuple[Path, ssl.SSLContext, ssl.SSLContext],
+    raw_upstream: Callable[..., Awaitable[int]],
+) -> None:
+    """Like an apiserver's idle timeout: the first answer keeps the connection alive,
+    then the upstream closes it; the next request goes out on a new connection."""
+    connections = 0
+    requests: list[bytes] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        requests.append(await _read_request(reader))
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        writer.close()  # without saying Connection: close
+
+    port = await raw_upstream(handler)
+    pool = UpstreamPool(f"https://127.0.0.1:{port}", pki[2])
+    for _ in range(3):
+        answer = await pool.request("DELETE", "/api/v1/namespaces/dev/pods/web-0", [], None)
+        assert answer.body == b"ok"
+        await asyncio.sleep(pause)
+    assert connections == 3 and len(requests) == 3  # each request reached it once
+    pool.close()
+
+
+async def test_an_upstream_that_hangs_up_unanswered_is_a_connection_error(
+    pki: tuple[Path, ssl.SSLContext, ssl.SSLContext], raw_upstream: Callable[..., Awaitable[int]]
+) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.close()
+
+    port = await raw_upstream(handler)
+    pool = UpstreamPool(f"https://127.0.0.1:{port}", pki[2])
+    with pytest.raises(ConnectionResetError, match="closed the connection unanswered"):
+        await pool.request("GET", "/", [], None)
+    pool.close()
+
+
+async def test_an_unreachable_cluster_gets_a_502_status_and_a_kube_request_event(
+    tmp_path: Path, pki: tuple[Path, ssl.SSLContext, ssl.SSLContext]
+) -> None:
+    mint = TokenMint(tmp_path / "access-home")
+    sink = CollectingSink()
+    cluster = UpstreamCluster("dev-cluster", f"https://127.0.0.1:{free_port()}", ca=pki[0])
+    gw = KubeGateway({"dev-cluster": cluster}, mint.verify, sink)
+    gw_ca = TestCA.create("gw-ca")
+    gw_ca_path, crt, key = gw_ca.write(tmp_path / "gw-pki", "gw")
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(crt, key)
+    await gw.start("127.0.0.1", 0, tls)
+    try:
+        conn = aiohttp.TCPConnector(ssl=ssl.create_default_context(cafile=gw_ca_path))
+        async with aiohttp.ClientSession(connector=conn) as s:
+            async with s.get(
+                f"https://127.0.0.1:{gw.port}/cluster/dev-cluster/api/v1/namespaces/dev/pods",
+                headers={"Authorization": f"Bearer {mint.mint('alice')}"},
+            ) as r:
+                assert r.status == 502
+                doc = orjson.loads(await r.read())
+    finally:
+        await gw.stop()
+    assert doc["kind"] == "Status" and doc["reason"] == "BadGateway"
+    assert "cluster dev-cluster unreachable" in doc["message"]
+    (event,) = sink.of_type("kube.request")
+    assert event.user == "alice"
+    assert event.response_code == 502  # type: ignore[attr-defined]
+    assert event.resource == "pods"  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(("method", "retried"), [("GET", True), ("POST", False)])
+async def test_a_connection_closed_as_a_request_goes_out_is_retried_only_if_idempotent(
+    method: str,
+    retried: bool,
+    pki: tuple[Path, ssl.SSLContext, ssl.SSLContext],
+    raw_upstream: Callable[..., Awaitable[int]],
+) -> None:
+    """The upstream answers on a kept-alive connection, then hangs up on the next request
+    that arrives on it without answering (its idle timeout racing the request)."""
+    got: list[tuple[int, bytes]] = []
+    connections = 0
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        n = connections
+        got.append((n, await _read_request(reader)))
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst")
+        await writer.drain()
+        if n == 1:
+            got.append((n, await _read_request(reader)))
+        writer.close()  # unanswered
+
+    port = await raw_upstream(handler)
+    pool = UpstreamPool(f"https://127.0.0.1:{port}", pki[2])
+    assert (await pool.request(method, "/one", [], b"{}")).body == b"first"
+    if retried:
+        assert (await pool.request(method, "/two", [], b"{}")).body == b"first"
+        assert [(n, r.split(b" ")[1]) for n, r in got] == [(1, b"/one"), (1, b"/two"), (2, b"/two")]
+    else:
+        with pytest.raises(ConnectionResetError, match="kept-alive connection"):
+            await pool.request(method, "/two", [], b"{}")
+        assert [(n, r.split(b" ")[1]) for n, r in got] == [(1, b"/one"), (1, b"/two")]
+    pool.close()
