@@ -343,7 +343,7 @@ class Spool:
         task, self._task = self._task, None
         if self._link is not None:
             self._active = None  # no more appends
-            await self._link.stop()
+            await self._link.stop(task)
         await cancel_and_wait(task)
         await self._disconnect()
         segments, self._segments, self._active = self._segments, [], None

@@ -162,10 +162,11 @@ class SenderLink:
                     proc.kill()
             await proc.wait()
 
-    async def stop(self) -> None:
-        """Close the child's input (it stops) and read its last reports."""
+    async def stop(self, task: asyncio.Task[None] | None) -> None:
+        """Close the child's input (it stops) and read its last reports: wait up to
+        CHILD_STOP_S for `task` (the one `start()` returned) to see the child exit."""
         self._stopping = True
-        child, task = self._child, self.spool._task
+        child = self._child
         if child is not None and child.stdin is not None:
             child.stdin.close()
         if task is not None and child is not None:
