@@ -8,7 +8,9 @@ Two figures, each against a bare PTY measured in the same run (issue 3 targets):
   `auditcast rec` (stdout a pipe) and on a bare PTY. Target: ratio >= 0.8.
 
 rec records into a real embedded broker started for the run (frames flow to Kafka
-while we measure, as in production). Run: `python -m tests.bench.bench_recorder`.
+while we measure, as in production), with its default spool sender (a child process;
+AUDITCAST_SPOOL_SENDER=inline measures the other). Run:
+`python -m tests.bench.bench_recorder`.
 """
 
 from __future__ import annotations
@@ -172,8 +174,8 @@ def main() -> None:
         data = tmp / "out.txt"
         make_text_file(data, THROUGHPUT_BYTES)
         # Diagnostic: the same with the broker unreachable, so the spool only writes to
-        # disk and delivery (aiokafka sending on rec's event loop, the broker's ingest on
-        # this machine's CPUs) is left for later.
+        # disk and delivery (the spool's sender, the broker's ingest on this machine's
+        # CPUs) is left for later.
         offline = {**env, "AUDITCAST_KAFKA": f"127.0.0.1:{free_port()}"}
         bare_rates, rec_rates, rec_walls, offline_rates = [], [], [], []
         for _ in range(RUNS):
