@@ -21,7 +21,8 @@ the double alone, for a gateway the gateway process (`gateway_cpu_us_per_request
 the double behind it, and `gateway_cpu_over_upstream_cpu` (the gateway's CPU per request
 over the double's in the same phase: a ratio that load drift cancels out of). CPU time
 per request is much steadier than wall-clock p50 on a shared, loaded machine.
-`--only-http` runs just the GET phases (no exec, h2 or locks).
+`--only-http` runs just the GET phases (no exec, h2 or locks); `--only-exec` just the exec
+throughput (with the CPU seconds each process spent on the 200 MB).
 
 Two gateways: `gateway` sends its events to a counting sink (the proxy's own cost);
 `gateway_recorded` is the production setup, recording through the real Spool and
@@ -309,6 +310,7 @@ async def measure(
     settings: Any,
     pids: dict[str, int],
     only_http: bool = False,
+    only_exec: bool = False,
 ) -> dict[str, Any]:
     direct = {
         "url": upstream["url"],
@@ -324,6 +326,15 @@ async def measure(
             conn = aiohttp.TCPConnector(ssl=target["ctx"], limit=CONCURRENCY)
             async with aiohttp.ClientSession(connector=conn) as s:
                 url = target["url"] + PODS_PATH
+                if only_exec:
+                    t_cpu = {k: cpu_seconds(pid) for k, pid in pids.items()}
+                    mbps = await exec_throughput(s, target["url"], target["headers"], target["ctx"])
+                    cpu_s = {k: cpu_seconds(pid) - t_cpu[k] for k, pid in pids.items()}
+                    row = {"exec_MBps": mbps, "upstream_cpu_s": cpu_s["upstream"]}
+                    if name in gateways:
+                        row["gateway_cpu_s"] = cpu_s[name]
+                    rounds[name].append(row)
+                    continue
                 cpu0 = {k: cpu_seconds(pid) for k, pid in pids.items()}
                 await latency(s, url, target["headers"], 50)  # warm-up
                 lat = await latency(s, url, target["headers"], N_LATENCY)
@@ -346,6 +357,11 @@ async def measure(
     for name, rs in rounds.items():
         results[name] = {k: round(statistics.median(r[k] for r in rs), 3) for k in rs[0]}
     d = results["direct"]
+    if only_exec:
+        for name in gateways:
+            g = results[name]
+            g["exec_throughput_ratio"] = round(g["exec_MBps"] / d["exec_MBps"], 3)
+        return results
     for name in gateways:
         g = results[name]
         g["added_latency_p50_ms"] = round(g["p50_ms"] - d["p50_ms"], 3)
@@ -390,9 +406,11 @@ def main() -> None:
     parser.add_argument("--record", action="store_true", help="spool + recorder (internal)")
     parser.add_argument("--only-h2", action="store_true", help="only the HTTP/2 part")
     parser.add_argument("--only-http", action="store_true", help="only the HTTP/1.1 GET part")
+    parser.add_argument("--only-exec", action="store_true", help="only the exec throughput")
     args = parser.parse_args()
     only_h2 = bool(args.only_h2)
     only_http = bool(args.only_http)
+    only_exec = bool(args.only_exec)
     if args.serve_gateway:
         upstream = json.loads(args.serve_gateway)
         asyncio.run(serve_gateway(upstream, args.workdir, args.settings, args.record))
@@ -431,7 +449,9 @@ def main() -> None:
             if only_h2:
                 results = {"h2": asyncio.run(h2_leg(upstream, gateways["gateway"]))}
             else:
-                results = asyncio.run(measure(upstream, gateways, settings, pids, only_http))
+                results = asyncio.run(
+                    measure(upstream, gateways, settings, pids, only_http, only_exec)
+                )
         finally:
             for p in reversed(procs):
                 p.send_signal(signal.SIGTERM)
