@@ -501,19 +501,6 @@ class KubeGateway:
                     for k, v in up.headers.items()
                     if k.lower() not in ("transfer-encoding", "connection", "keep-alive")
                 }
-                if not streaming:
-                    payload = await up.read()
-                    out_headers.pop("Content-Length", None)
-                    self._emit(
-                        {
-                            **base,
-                            "response_code": code,
-                            "latency_ms": round((time.monotonic() - t0) * 1000, 3),
-                            "bytes_in": len(body or b""),
-                            "bytes_out": len(payload),
-                        }
-                    )
-                    return web.Response(status=code, body=payload, headers=out_headers)
                 out_headers.pop("Content-Length", None)
                 resp = web.StreamResponse(status=code, headers=out_headers)
                 await resp.prepare(request)
@@ -589,11 +576,12 @@ class KubeGateway:
             answer = await pool.request(request.method, target, headers.items(), body)
         except (OSError, EOFError, TimeoutError, UpstreamProtocolError) as e:
             reason = str(e) or type(e).__name__
+            what = "answered badly" if isinstance(e, UpstreamProtocolError) else "unreachable"
             self._emit({**base, "response_code": 502, "error": reason})
             return self._refuse(
                 502,
                 status_doc(
-                    502, "BadGateway", f"auditcast: cluster {cluster.name} unreachable: {reason}"
+                    502, "BadGateway", f"auditcast: cluster {cluster.name} {what}: {reason}"
                 ),
             )
         out_headers: CIMultiDict[str] = CIMultiDict()

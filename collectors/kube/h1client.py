@@ -26,6 +26,11 @@ from typing import Final
 from yarl import URL
 
 MAX_HEAD_BYTES: Final = 1024 * 1024  # the apiserver's own header limit
+# One-shot answers are held whole: bounded, so a runaway answer cannot exhaust the
+# gateway's memory. kubectl pages lists (--chunk-size, 500 items by default), so an
+# answer this big is a sign of something wrong, and the client is told so.
+MAX_BODY_BYTES: Final = 256 * 1024 * 1024
+_READ_SIZE: Final = 256 * 1024
 CONNECT_TIMEOUT: Final = 10.0
 MAX_IDLE: Final = 64  # idle connections kept per cluster
 _NO_BODY_CODES: Final = frozenset({204, 304})
@@ -197,9 +202,10 @@ class UpstreamPool:
             elif head.chunked:
                 body = await _read_chunked(reader)
             elif head.length is not None:
+                _check_size(head.length)
                 body = await reader.readexactly(head.length)
             else:
-                body = await reader.read()  # until the upstream closes
+                body = await _read_to_close(reader)
                 head.keep_alive = False
         except asyncio.LimitOverrunError as e:
             conn.close()
@@ -219,15 +225,38 @@ class UpstreamPool:
         self._idle.clear()
 
 
+def _check_size(size: int) -> None:
+    if size > MAX_BODY_BYTES:
+        raise UpstreamProtocolError(
+            f"answer of {size} bytes or more is over the gateway's {MAX_BODY_BYTES}-byte "
+            "limit for one-shot answers; ask for less (kubectl --chunk-size, a selector)"
+        )
+
+
+async def _read_to_close(reader: asyncio.StreamReader) -> bytes:
+    parts: list[bytes] = []
+    size = 0
+    while chunk := await reader.read(_READ_SIZE):
+        size += len(chunk)
+        _check_size(size)
+        parts.append(chunk)
+    return b"".join(parts)
+
+
 async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
     parts: list[bytes] = []
+    total = 0
     while True:
         line = await reader.readuntil(b"\r\n")
         size_text = line.split(b";", 1)[0].strip()
         try:
+            if not size_text or size_text.strip(b"0123456789abcdefABCDEF"):
+                raise ValueError(size_text)
             size = int(size_text, 16)
         except ValueError as e:
             raise UpstreamProtocolError(f"bad chunk size {size_text[:20]!r}") from e
+        total += size
+        _check_size(total)
         if size == 0:
             while (await reader.readuntil(b"\r\n")) != b"\r\n":
                 pass  # trailers: dropped

@@ -14,6 +14,7 @@ import orjson
 import pytest
 
 from auditcast.broker import free_port
+from auditcast.collectors.kube import h1client
 from auditcast.collectors.kube.gateway import KubeGateway
 from auditcast.collectors.kube.h1client import (
     UpstreamPool,
@@ -253,4 +254,67 @@ async def test_a_connection_closed_as_a_request_goes_out_is_retried_only_if_idem
         with pytest.raises(ConnectionResetError, match="kept-alive connection"):
             await pool.request(method, "/two", [], b"{}")
         assert [(n, r.split(b" ")[1]) for n, r in got] == [(1, b"/one"), (1, b"/two")]
+    pool.close()
+
+
+_CHUNKED = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    ("answer", "error"),
+    [
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 999999999999\r\n\r\nnot that much", "limit"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nfffffffffff\r\nx", "limit"),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n-5\r\nhello\r\n0\r\n\r\n",
+            "bad chunk",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0x5\r\nhello\r\n0\r\n\r\n",
+            "bad chunk",
+        ),
+    ],
+    ids=["content-length", "chunk", "negative-chunk", "0x-chunk"],
+)
+async def test_an_oversized_or_malformed_body_is_refused_before_it_is_buffered(
+    pki: tuple[Path, ssl.SSLContext, ssl.SSLContext],
+    raw_upstream: Callable[..., Awaitable[int]],
+    answer: bytes,
+    error: str,
+) -> None:
+    """A one-shot answer is held whole, so its size is checked first: a huge (or
+    nonsensical) length is a protocol error, never a 1 TB read into memory."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.write(answer)
+        await writer.drain()
+        writer.close()
+
+    port = await raw_upstream(handler)
+    pool = UpstreamPool(f"https://127.0.0.1:{port}", pki[2])
+    with pytest.raises(UpstreamProtocolError, match=error):
+        await pool.request("GET", "/big", [], None)
+    pool.close()
+
+
+async def test_a_close_delimited_answer_over_the_limit_is_refused(
+    pki: tuple[Path, ssl.SSLContext, ssl.SSLContext],
+    raw_upstream: Callable[..., Awaitable[int]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(h1client, "MAX_BODY_BYTES", 100_000)
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")
+        for _ in range(50):
+            writer.write(b"x" * 10_000)
+            await writer.drain()
+        writer.close()
+
+    port = await raw_upstream(handler)
+    pool = UpstreamPool(f"https://127.0.0.1:{port}", pki[2])
+    with pytest.raises(UpstreamProtocolError, match="100000-byte limit"):
+        await pool.request("GET", "/endless", [], None)
     pool.close()
