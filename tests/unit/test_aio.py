@@ -12,23 +12,30 @@ import pytest
 from auditcast.aio import cancel_and_wait, run_until_signalled, stop_other_tasks
 
 
-async def test_a_loop_that_swallows_the_first_cancel_is_cancelled_again() -> None:
-    swallowed = 0
+class Stubborn:
+    """A loop that swallows the first cancel, as 3.11's wait_for / aiokafka can."""
 
-    async def stubborn() -> None:
-        nonlocal swallowed
+    def __init__(self) -> None:
+        self.swallowed = 0
+        self.started = asyncio.Event()
+
+    async def run(self) -> None:
+        self.started.set()
         while True:
             try:
                 await asyncio.sleep(3600)
             except asyncio.CancelledError:
-                if swallowed:
+                if self.swallowed:
                     raise
-                swallowed += 1  # what 3.11 wait_for / aiokafka can do to a cancel
+                self.swallowed += 1
 
-    task = asyncio.create_task(stubborn())
+
+async def test_a_loop_that_swallows_the_first_cancel_is_cancelled_again() -> None:
+    stubborn = Stubborn()
+    task = asyncio.create_task(stubborn.run())
     await asyncio.sleep(0)
     await asyncio.wait_for(cancel_and_wait(task), 5)
-    assert task.cancelled() and swallowed == 1
+    assert task.cancelled() and stubborn.swallowed == 1
 
 
 async def test_a_task_that_never_stops_is_left_behind_after_the_grace(
@@ -65,25 +72,12 @@ async def test_a_failure_of_the_task_is_logged_not_raised(caplog: pytest.LogCapt
 async def test_a_signal_stops_a_main_that_swallows_the_first_cancel() -> None:
     """What `auditcast store` once did: SIGTERM cancelled its task once, a reconnect loop
     swallowed that, and the process ran on for minutes after the signal."""
-    swallowed = 0
-    started = asyncio.Event()
-
-    async def stubborn() -> None:
-        nonlocal swallowed
-        started.set()
-        while True:
-            try:
-                await asyncio.sleep(3600)
-            except asyncio.CancelledError:
-                if swallowed:
-                    raise
-                swallowed += 1
-
-    runner = asyncio.create_task(run_until_signalled(stubborn(), grace=5))
-    await started.wait()
+    stubborn = Stubborn()
+    runner = asyncio.create_task(run_until_signalled(stubborn.run(), grace=5))
+    await stubborn.started.wait()
     os.kill(os.getpid(), signal.SIGTERM)
     assert await asyncio.wait_for(runner, 5) is True
-    assert swallowed == 1
+    assert stubborn.swallowed == 1
     # the handler is gone again: SIGTERM has its default action back
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
 
