@@ -23,7 +23,7 @@ import inspect
 import logging
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final, Protocol
@@ -496,12 +496,7 @@ class KubeGateway:
                 request.method, url, headers=headers, data=body, allow_redirects=False
             ) as up:
                 code = up.status
-                out_headers = {
-                    k: v
-                    for k, v in up.headers.items()
-                    if k.lower() not in ("transfer-encoding", "connection", "keep-alive")
-                }
-                out_headers.pop("Content-Length", None)
+                out_headers = _passed_back(up.headers.items())
                 resp = web.StreamResponse(status=code, headers=out_headers)
                 await resp.prepare(request)
                 self._emit({**base, "response_code": code, "phase": "start", "long_running": True})
@@ -584,10 +579,7 @@ class KubeGateway:
                     502, "BadGateway", f"auditcast: cluster {cluster.name} {what}: {reason}"
                 ),
             )
-        out_headers: CIMultiDict[str] = CIMultiDict()
-        for k, v in answer.headers:
-            if k.lower() not in _NOT_PASSED_BACK:
-                out_headers.add(k, v)
+        out_headers = _passed_back(answer.headers)
         self._emit(
             {
                 **base,
@@ -904,6 +896,12 @@ class KubeGateway:
 _NOT_PASSED_BACK: Final = frozenset(
     {"transfer-encoding", "connection", "keep-alive", "content-length"}
 )
+
+
+def _passed_back(headers: Iterable[tuple[str, str]]) -> CIMultiDict[str]:
+    """The upstream's answer headers for the client (repeated ones, e.g. Warning, kept)."""
+    return CIMultiDict((k, v) for k, v in headers if k.lower() not in _NOT_PASSED_BACK)
+
 
 REASON_BY_CODE: Final = {
     400: "BadRequest",
