@@ -517,13 +517,7 @@ class KubeGateway:
             # closed by a lock: finish the response so the client sees the stream end
         except (aiohttp.ClientError, ConnectionError) as e:
             if resp is None:
-                self._emit({**base, "response_code": 502, "error": str(e)})
-                return self._refuse(
-                    502,
-                    status_doc(
-                        502, "BadGateway", f"auditcast: cluster {cluster.name} unreachable: {e}"
-                    ),
-                )
+                return self._bad_gateway(base, cluster, str(e))
         finally:
             if live is not None:
                 self.live.discard(live)
@@ -544,6 +538,16 @@ class KubeGateway:
         with contextlib.suppress(ConnectionError, RuntimeError):
             await resp.write_eof()
         return resp
+
+    def _bad_gateway(
+        self, base: dict[str, Any], cluster: UpstreamCluster, reason: str, what: str = "unreachable"
+    ) -> web.Response:
+        """The 502 for a request the cluster did not answer usably, and its event."""
+        self._emit({**base, "response_code": 502, "error": reason})
+        return self._refuse(
+            502,
+            status_doc(502, "BadGateway", f"auditcast: cluster {cluster.name} {what}: {reason}"),
+        )
 
     async def _forward_once(
         self,
@@ -570,15 +574,8 @@ class KubeGateway:
         try:
             answer = await pool.request(request.method, target, headers.items(), body)
         except (OSError, EOFError, TimeoutError, UpstreamProtocolError) as e:
-            reason = str(e) or type(e).__name__
             what = "answered badly" if isinstance(e, UpstreamProtocolError) else "unreachable"
-            self._emit({**base, "response_code": 502, "error": reason})
-            return self._refuse(
-                502,
-                status_doc(
-                    502, "BadGateway", f"auditcast: cluster {cluster.name} {what}: {reason}"
-                ),
-            )
+            return self._bad_gateway(base, cluster, str(e) or type(e).__name__, what)
         out_headers = _passed_back(answer.headers)
         self._emit(
             {

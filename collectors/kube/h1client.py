@@ -79,7 +79,10 @@ def parse_head(raw: bytes) -> Head:
         value = value.strip()
         lname = name.lower()
         if lname == "content-length":
-            if not value.isdigit() or (length is not None and int(value) != length):
+            # ASCII digits only: str.isdigit() also takes '²', which int() refuses
+            if not (value.isascii() and value.isdigit()) or (
+                length is not None and int(value) != length
+            ):
                 raise UpstreamProtocolError(f"bad Content-Length: {value[:40]!r}")
             length = int(value)
         elif lname == "transfer-encoding":

@@ -64,6 +64,7 @@ def test_connection_close_and_http_1_0_end_keep_alive() -> None:
         b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
         b"HTTP/1.1 200 OK\r\n Folded: x\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nContent-Length: \u00b2\r\n\r\n".encode(),  # a digit to isdigit()
     ],
 )
 def test_a_broken_answer_head_is_a_protocol_error(raw: bytes) -> None:
