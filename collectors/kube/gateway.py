@@ -44,6 +44,7 @@ from auditcast.collectors.kube.channels import (
     negotiate,
     parse_protocol_header,
 )
+from auditcast.collectors.kube.eventjson import event_json
 from auditcast.collectors.kube.h1client import UpstreamPool, UpstreamProtocolError
 from auditcast.collectors.kube.h2front import AlpnSite, http_version
 from auditcast.collectors.kube.policy import (
@@ -58,6 +59,7 @@ from auditcast.collectors.kube.requestinfo import RequestInfo, is_follow_logs, p
 from auditcast.collectors.kube.upstreams import UpstreamCluster
 from auditcast.errors import AccessError, InvalidToken, Locked
 from auditcast.events import Event, Source, new_event_id
+from auditcast.topics import EVENTS_RAW
 
 log = logging.getLogger("auditcast.kube.gateway")
 
@@ -77,6 +79,10 @@ WS_MAX_MSG: Final = 16 * 1024 * 1024
 # trusted for at most this long (and never past its `exp`); locks are checked every time.
 TOKEN_CACHE_SECONDS: Final = 30.0
 TOKEN_CACHE_SIZE: Final = 10_000
+# Events are written just after the answer has gone out (the next turn of the loop), so
+# their building and spooling is not part of the request's latency. At most this many
+# wait: past it, an event is written at once (the loop is then too busy to come round).
+EMIT_BACKLOG_MAX: Final = 256
 
 
 class TokenVerifier(Protocol):
@@ -92,7 +98,9 @@ class LockSource(Protocol):
 
 
 class EventSink(Protocol):
-    """collectors.spool.Spool, as the gateway uses it."""
+    """collectors.spool.Spool, as the gateway uses it. A sink that also has Spool's
+    `append(topic_name, key, value)` gets the events as JSON made without the model
+    (collectors.kube.eventjson); any other gets `Event`s."""
 
     def append_event(self, event: Event) -> None: ...
 
@@ -164,7 +172,9 @@ class KubeGateway:
         self.max_body_bytes = max_body_bytes
         self.live: set[LiveStream] = set()
         self.stats = GatewayStats()
-        self._tokens: dict[tuple[str, str], tuple[KubeClaims, float]] = {}
+        self._tokens: dict[tuple[str, str], tuple[KubeClaims, Any, float]] = {}
+        self._backlog: list[dict[str, Any]] = []
+        self._drain_handle: asyncio.Handle | None = None
         self._sessions: dict[str, aiohttp.ClientSession] = {}
         self._ssl: dict[str, ssl.SSLContext] = {}
         self._pools: dict[str, UpstreamPool] = {}
@@ -230,6 +240,7 @@ class KubeGateway:
             await session.close()
         for pool in self._pools.values():
             pool.close()
+        self._drain()
 
     # locks ---------------------------------------------------------------------------
     def _on_lock(self, lock: Any) -> None:
@@ -268,21 +279,23 @@ class KubeGateway:
             )
 
     # the request path ------------------------------------------------------------------
-    def _verified(self, token: str, cluster: str) -> KubeClaims:
+    def _verified(self, token: str, cluster: str) -> tuple[KubeClaims, Any]:
+        """The token's claims and lock subject (which follows from the claims alone)."""
         now = time.time()
         hit = self._tokens.get((token, cluster))
-        if hit is not None and hit[1] > now:
-            return hit[0]
+        if hit is not None and hit[2] > now:
+            return hit[0], hit[1]
         claims = self.verify(token, cluster)
+        subject = self.subject_of(claims)
         until = now + TOKEN_CACHE_SECONDS
         if claims.expires is not None:
             until = min(until, claims.expires)
         if len(self._tokens) >= TOKEN_CACHE_SIZE:
-            self._tokens = {k: v for k, v in self._tokens.items() if v[1] > now}
+            self._tokens = {k: v for k, v in self._tokens.items() if v[2] > now}
             if len(self._tokens) >= TOKEN_CACHE_SIZE:
                 self._tokens.clear()
-        self._tokens[(token, cluster)] = (claims, until)
-        return claims
+        self._tokens[(token, cluster)] = (claims, subject, until)
+        return claims, subject
 
     def _refuse(
         self, code: int, doc: dict[str, Any], request: web.Request | None = None
@@ -338,8 +351,7 @@ class KubeGateway:
         try:
             if not token:
                 raise InvalidToken("no bearer token: kubectl must use the auditcast exec plugin")
-            claims = self._verified(token, cluster.name)
-            subject = self.subject_of(claims)
+            claims, subject = self._verified(token, cluster.name)
             self._check_lock(claims, subject)
             authorize_cluster(claims, cluster.labels, self.roles)
         except AccessError as err:
@@ -376,12 +388,12 @@ class KubeGateway:
             "credential_id": claims.credential_id,
             "cluster": cluster.name,
             "labels": dict(cluster.labels),
-            "source": Source(
-                collector="kube-gateway",
-                instance=self.instance,
-                remote_addr=request.remote,
-                user_agent=request.headers.get("User-Agent"),
-            ),
+            "source": {
+                "collector": "kube-gateway",
+                "instance": self.instance,
+                "remote_addr": request.remote,
+                "user_agent": request.headers.get("User-Agent"),
+            },
             "method": request.method,
             "http_version": http_version(request),
             "request_path": upstream_path,
@@ -399,6 +411,27 @@ class KubeGateway:
         }
 
     def _emit(self, fields: dict[str, Any]) -> None:
+        """Record an event once the loop comes round: after the answer that called it
+        has been written (a handler's answer goes out in the same turn it returns), and
+        whatever the client does next (a hang-up cancels the handler, not this)."""
+        self._backlog.append(fields)
+        if len(self._backlog) >= EMIT_BACKLOG_MAX:
+            self._drain()
+        elif self._drain_handle is None:
+            try:
+                self._drain_handle = asyncio.get_running_loop().call_soon(self._drain)
+            except RuntimeError:  # no loop (stopping): write it now
+                self._drain()
+
+    def _drain(self) -> None:
+        if self._drain_handle is not None:
+            self._drain_handle.cancel()
+            self._drain_handle = None
+        backlog, self._backlog = self._backlog, []
+        for fields in backlog:
+            self._write(fields)
+
+    def _write(self, fields: dict[str, Any]) -> None:
         if fields.get("phase") or (fields.get("response_code") or 0) >= 400:
             log.info(
                 f"{fields['type']} {fields.get('verb', '')} {fields.get('request_path', '')}",
@@ -415,7 +448,11 @@ class KubeGateway:
                 },
             )
         try:
-            self.sink.append_event(Event(**{k: v for k, v in fields.items() if v != ""}))
+            append = getattr(self.sink, "append", None)
+            if append is not None:  # the spool: JSON without building the model
+                append(EVENTS_RAW, *event_json(fields))
+            else:
+                self.sink.append_event(Event(**{k: v for k, v in fields.items() if v != ""}))
         except Exception:
             # A full spool must not turn into a silent pass: log it loudly; the spool
             # itself emits collector.spool_full.
