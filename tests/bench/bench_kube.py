@@ -57,6 +57,8 @@ CONCURRENCY = 32
 EXEC_MB = 200
 N_LOCK_TRIALS = 40
 PODS_PATH = "/api/v1/namespaces/dev/pods"
+# A gateway's spool sender child (spool_sender = "process"): its CPU is the gateway's.
+SENDER = "_spool_sender"
 
 
 def cpu_seconds(pid: int) -> float:
@@ -138,6 +140,7 @@ async def serve_gateway(
         "token": token,
         "lock_tokens": lock_tokens,
         "sink": "spool+SessionRecorder" if spool is not None else "counting sink",
+        "sender_pid": spool.sender_pid if spool is not None else None,
     }
     sys.stdout.write(json.dumps(doc) + "\n")
     sys.stdout.flush()
@@ -338,7 +341,9 @@ async def measure(
                     cpu_s = {k: cpu_seconds(pid) - t_cpu[k] for k, pid in pids.items()}
                     row = {"exec_MBps": mbps, "upstream_cpu_s": cpu_s["upstream"]}
                     if name in gateways:
-                        row["gateway_cpu_s"] = cpu_s[name]
+                        row["gateway_cpu_s"] = cpu_s[name] + cpu_s.get(name + SENDER, 0.0)
+                        if name + SENDER in cpu_s:
+                            row["spool_sender_cpu_s"] = cpu_s[name + SENDER]
                     rounds[name].append(row)
                     continue
                 cpu0 = {k: cpu_seconds(pid) for k, pid in pids.items()}
@@ -350,8 +355,10 @@ async def measure(
                 row = {**percentiles(lat), "rps_c32": rps}
                 row["upstream_cpu_us_per_request"] = cpu["upstream"]
                 if name in gateways:
-                    row["gateway_cpu_us_per_request"] = cpu[name]
-                    row["cpu_us_per_request"] = cpu[name] + cpu["upstream"]
+                    row["gateway_cpu_us_per_request"] = cpu[name] + cpu.get(name + SENDER, 0.0)
+                    if name + SENDER in cpu:
+                        row["spool_sender_cpu_us_per_request"] = cpu[name + SENDER]
+                    row["cpu_us_per_request"] = row["gateway_cpu_us_per_request"] + cpu["upstream"]
                 else:
                     row["cpu_us_per_request"] = cpu["upstream"]
                 if not only_http:
@@ -451,6 +458,8 @@ def main() -> None:
             proc, gateways[name] = _spawn(args)
             procs.append(proc)
             pids[name] = proc.pid
+            if gateways[name].get("sender_pid"):
+                pids[name + SENDER] = gateways[name]["sender_pid"]
         try:
             if only_h2:
                 results = {"h2": asyncio.run(h2_leg(upstream, gateways["gateway"]))}

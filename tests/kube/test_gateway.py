@@ -445,3 +445,70 @@ def test_the_query_and_path_reach_the_upstream_as_sent(kube_env: KubeEnv, prefix
     assert r.status_code == 200, r.text
     (seen,) = [s for s in kube_env.upstream.seen if s.path == "/api/v1/namespaces/dev/pods"]
     assert parse_qs(seen.query) == {"labelSelector": ["app=web,tier!=db"], "limit": ["500"]}
+
+
+def _raw_exchange(env: KubeEnv, head: str, body: bytes) -> tuple[bytes, bytes]:
+    """Send a request head over TLS, read what the gateway says before the body is
+    sent (within 2 s), then send the body and read the rest until the answer's end."""
+    import socket
+
+    ctx = ssl.create_default_context(cafile=str(env.ca_path))
+    with (
+        socket.create_connection(("127.0.0.1", env.gateway.gateway.port), timeout=10) as raw,
+        ctx.wrap_socket(raw, server_hostname="localhost") as sock,
+    ):
+        sock.sendall(head.encode())
+        sock.settimeout(2)
+        try:
+            before = sock.recv(65536)
+        except TimeoutError:
+            before = b""
+        sock.settimeout(10)
+        rest = b""
+        if before.startswith(b"HTTP/1.1 100 "):
+            sock.sendall(body)
+            while b"\r\n\r\n" not in rest:
+                rest += sock.recv(65536)
+        return before, rest
+
+
+def test_a_body_announced_with_expect_100_continue_is_invited_then_forwarded(
+    kube_env: KubeEnv,
+) -> None:
+    token = kube_env.mint.mint("alice")
+    body = b'{"kind": "Pod", "metadata": {"name": "new"}}'
+    head = (
+        "POST /cluster/dev-cluster/api/v1/namespaces/dev/pods HTTP/1.1\r\n"
+        f"Host: localhost\r\nAuthorization: Bearer {token}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        "Expect: 100-continue\r\n\r\n"
+    )
+    before, answer = _raw_exchange(kube_env, head, body)
+    assert before == b"HTTP/1.1 100 Continue\r\n\r\n"  # nothing else before the body
+    # the cluster answered the POST (its double does not create pods), and it got it once
+    status = int(answer.split(b" ", 2)[1])
+    posts = [s for s in kube_env.upstream.seen if s.method == "POST"]
+    assert len(posts) == 1 and posts[0].status == status and status != 417
+
+
+def test_an_unknown_expectation_gets_417_and_no_upstream_request(kube_env: KubeEnv) -> None:
+    token = kube_env.mint.mint("alice")
+    head = (
+        "POST /cluster/dev-cluster/api/v1/namespaces/dev/pods HTTP/1.1\r\n"
+        f"Host: localhost\r\nAuthorization: Bearer {token}\r\n"
+        "Content-Length: 2\r\nExpect: telepathy\r\n\r\n"
+    )
+    before, _ = _raw_exchange(kube_env, head, b"{}")
+    assert before.startswith(b"HTTP/1.1 417 ")
+    assert b"unknown Expect: telepathy" in before
+    assert kube_env.upstream_requests() == 0
+
+
+def test_an_unauthenticated_body_is_refused_before_it_is_invited(kube_env: KubeEnv) -> None:
+    head = (
+        "POST /cluster/dev-cluster/api/v1/namespaces/dev/pods HTTP/1.1\r\n"
+        "Host: localhost\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n"
+    )
+    before, _ = _raw_exchange(kube_env, head, b"{}")
+    assert before.startswith(b"HTTP/1.1 401 ")
+    assert kube_env.upstream_requests() == 0
