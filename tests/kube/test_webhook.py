@@ -134,6 +134,9 @@ def test_requests_through_the_gateway_are_matched_by_audit_id_not_flagged(
     assert env.settings is None
     r = kubectl(env.kubeconfig(env.mint.mint("alice")), "get", "pods", "-n", "dev")
     assert r.returncode == 0, r.stderr
+    # the gateway writes a request's event just after its answer, so kubectl may exit
+    # first; the pods list is kubectl's last request, and events are written in order
+    env.sink.wait_for("kube.request", lambda e: getattr(e, "resource", "") == "pods")
     # what the spool does in production: the gateway's kube.request events reach events.raw
     publisher = Publisher(thread.settings)
 
