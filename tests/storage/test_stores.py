@@ -180,3 +180,31 @@ def test_redelivered_events_add_no_index_words_or_session_changes(tmp_path: Path
     assert fts == 1
     assert store.session("s1")["title"] == "other-title"
     assert store.get(first.id)["title"] == "deploy-zebra"
+
+
+def test_audit_log_with_the_earlier_fts_layout_opens_and_searches(tmp_path: Path) -> None:
+    """A log made before the index dropped its per-row sizes (columnsize) keeps its
+    table: the store opens it, adds to it and finds old and new events alike."""
+    import sqlite3
+
+    from auditcast.storage import sqlite as audit_sqlite
+
+    earlier = audit_sqlite.SCHEMA.replace(
+        "text, content='', tokenize='unicode61', columnsize=0",
+        "text, content='', tokenize='unicode61'",
+    )
+    assert earlier != audit_sqlite.SCHEMA
+    db = sqlite3.connect(tmp_path / "a.db")
+    db.executescript(earlier)
+    db.close()
+    old = SQLiteAuditStore(tmp_path / "a.db")
+    old.add(Event(type="ssh.exec", user="ann", command="cat /etc/shadow"))
+    old.close()
+    store = SQLiteAuditStore(tmp_path / "a.db")
+    store.add(Event(type="ssh.exec", user="bob", command="tail /etc/shadow"))
+    assert sorted(e["user"] for e in store.search(EventQuery(q="etc/shadow")).items) == [
+        "ann",
+        "bob",
+    ]
+    (ddl,) = store._db.execute("SELECT sql FROM sqlite_master WHERE name = 'events_fts'").fetchone()
+    assert "columnsize" not in ddl
