@@ -14,10 +14,10 @@ from typing import Any, Final, Literal
 import msgpack
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer
-from uuid6 import uuid7
 
 from auditcast.codes import CODE_BY_TYPE, code_for
 from auditcast.errors import MalformedMessage
+from auditcast.ids import uuid7
 
 # Kafka's default message.max.bytes is 1 MiB; an envelope that large is a bug or an attack.
 MAX_EVENT_BYTES: Final = 1024 * 1024
@@ -30,7 +30,7 @@ FRAME_KINDS: Final = frozenset({"o", "i", "r", "m", "x"})
 
 def new_event_id() -> str:
     """Unique and time-ordered (UUIDv7): the idempotency key everywhere."""
-    return str(uuid7())
+    return uuid7()
 
 
 def utcnow() -> datetime:
