@@ -109,6 +109,10 @@ BACKOFF_MIN_S: Final = 0.2
 BACKOFF_MAX_S: Final = 5.0
 # How often an idle sender looks for orphaned segments and prunes retained ones.
 IDLE_POLL_S: Final = 1.0
+# An idle sender woken by an append waits this long before it reads and sends, so a
+# burst that starts (a gateway's requests, one event each) goes out as one batch rather
+# than as a fill, a produce, an ack write and a sync per record.
+SEND_LINGER_S: Final = 0.002
 # The cluster id and topics are re-checked before a send at most this often: a broker
 # restarted between two checks must be caught before much is sent to it unnoticed.
 CLUSTER_CHECK_S: Final = 0.5
@@ -707,8 +711,12 @@ class Spool:
                 self._acked.set()  # nothing left: let flush() re-check now
                 self._progress()
                 self._wake.clear()
-                with contextlib.suppress(TimeoutError):
+                try:
                     await asyncio.wait_for(self._wake.wait(), IDLE_POLL_S)
+                except TimeoutError:
+                    pass
+                else:
+                    await asyncio.sleep(SEND_LINGER_S)
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # broker gone, send failed: keep the data, retry later
