@@ -2,7 +2,7 @@
 
 A duplicate delivery (at-least-once consumers, spool replays) never makes a second row:
 inserts are `ON CONFLICT(id) DO NOTHING`, and the full-text index and the session table
-are fed by triggers, which only fire for rows actually inserted.
+are fed only for the rows the insert actually made.
 """
 
 from __future__ import annotations
@@ -108,10 +108,10 @@ INSERT INTO events (seq, id, time, type, code, user, identity_user, actor, sessi
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO NOTHING
 """
 _INSERT_FTS: Final = "INSERT INTO events_fts(rowid, text) VALUES (?, ?)"
+# The rows an insert made, when some of its ids were stored before (their seq is skipped).
+_NEW_SEQS: Final = "SELECT seq FROM events WHERE seq > ?"
 # Fields that are identifiers or timestamps: unique tokens, useless for text search.
 _NOT_TEXT: Final = frozenset({"id", "time", "chain", "code", "credential_id", "session_id"})
-# SQLite limits bound parameters per statement (32766 since 3.32); stay well below.
-_IN_CHUNK: Final = 500
 SESSION_COLUMNS: Final = (
     "id", "kind", "user", "identity_user", "node", "cluster", "login", "command", "title",
     "cols", "rows", "start", "end", "exit_code", "bytes_in", "bytes_out", "duration",
@@ -214,37 +214,36 @@ class SQLiteAuditStore:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                ids = list(unique)
-                for i in range(0, len(ids), _IN_CHUNK):
-                    part = ids[i : i + _IN_CHUNK]
-                    marks = ",".join("?" * len(part))
-                    for (old,) in self._db.execute(
-                        f"SELECT id FROM events WHERE id IN ({marks})", part
-                    ):
-                        del unique[old]
                 (top,) = self._db.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
-                rows, texts, starts, ends = [], [], [], []
+                rows = []
                 for n, (d, text) in enumerate(unique.values(), start=top + 1):
                     get = d.get
                     user = get("user")
                     ident = get("identity")
                     ident_user = ident.get("user") if ident else None
-                    session_id = get("session_id")
                     rows.append(
                         (
                             n, d["id"], d["time"], d["type"], get("code", ""), user,
-                            ident_user, ident_user or user, session_id, get("cluster"),
+                            ident_user, ident_user or user, get("session_id"), get("cluster"),
                             get("node"), text if text is not None else orjson.dumps(d).decode(),
                         )
                     )  # fmt: skip
+                new = self._db.executemany(_INSERT, rows).rowcount
+                seqs: Iterable[int] = range(top + 1, top + 1 + len(rows))
+                if new != len(rows):  # some were stored before: keep the rows just made
+                    made = {s for (s,) in self._db.execute(_NEW_SEQS, (top,))}
+                    seqs = [n for n in seqs if n in made]
+                texts, starts, ends = [], [], []
+                values = list(unique.values())
+                for n in seqs:
+                    d = values[n - top - 1][0]
                     texts.append((n, _search_text(d)))
-                    if session_id:
+                    if d.get("session_id"):
                         t = d["type"]
                         if t == "session.start":
                             starts.append(_session_params(d))
                         elif t in ("session.end", "ssh.exec"):
                             ends.append(_session_params(d))
-                self._db.executemany(_INSERT, rows)
                 self._db.executemany(_INSERT_FTS, texts)
                 if starts:
                     self._db.executemany(_SESSION_START, starts)
@@ -254,7 +253,7 @@ class SQLiteAuditStore:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-        return len(rows)
+        return len(texts)
 
     def add(self, event: Event) -> int:
         return self.add_many([event.to_dict()])

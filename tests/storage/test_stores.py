@@ -208,3 +208,25 @@ def test_audit_log_with_the_earlier_fts_layout_opens_and_searches(tmp_path: Path
     ]
     (ddl,) = store._db.execute("SELECT sql FROM sqlite_master WHERE name = 'events_fts'").fetchone()
     assert "columnsize" not in ddl
+
+
+def test_words_of_new_events_find_them_when_a_batch_mixes_in_stored_ones(tmp_path: Path) -> None:
+    """A batch with an already stored event between new ones: each new event's words
+    find that event (not a neighbour), the stored one gains no words, a batch of only
+    stored events changes nothing."""
+    store = SQLiteAuditStore(tmp_path / "a.db")
+    stored = Event(type="ssh.exec", user="ann", command="alpha")
+    assert store.add(stored) == 1
+    bravo = Event(type="ssh.exec", user="bob", command="bravo")
+    charlie = Event(type="ssh.exec", user="cat", command="charlie")
+    resent = {**stored.to_dict(), "command": "alphaagain"}
+    assert store.add_many([bravo.to_dict(), resent, charlie.to_dict()]) == 2
+    assert [e["id"] for e in store.search(EventQuery(q="bravo")).items] == [bravo.id]
+    assert [e["id"] for e in store.search(EventQuery(q="charlie")).items] == [charlie.id]
+    assert [e["id"] for e in store.search(EventQuery(q="alpha")).items] == [stored.id]
+    assert store.search(EventQuery(q="alphaagain")).items == []
+    assert store.add_many([resent, bravo.to_dict()]) == 0
+    assert store.count() == 3
+    later = Event(type="ssh.exec", user="dan", command="delta")
+    assert store.add(later) == 1
+    assert [e["id"] for e in store.search(EventQuery(q="delta")).items] == [later.id]
