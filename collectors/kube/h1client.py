@@ -139,7 +139,9 @@ class UpstreamPool:
         self.host = u.host or ""
         self.port = u.port or (443 if u.scheme == "https" else 80)
         self.ssl = ssl_context if u.scheme == "https" else None
-        self.host_header = f"{self.host}:{self.port}"
+        # an IPv6 literal goes in brackets (RFC 9110 §7.2: Host is uri-host [":" port])
+        bracketed = f"[{self.host}]" if ":" in self.host else self.host
+        self.host_header = f"{bracketed}:{self.port}"
         self.base_path = u.raw_path.rstrip("/")
         self._idle: list[_Conn] = []
 

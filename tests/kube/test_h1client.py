@@ -319,3 +319,18 @@ async def test_a_close_delimited_answer_over_the_limit_is_refused(
     with pytest.raises(UpstreamProtocolError, match="100000-byte limit"):
         await pool.request("GET", "/endless", [], None)
     pool.close()
+
+
+@pytest.mark.parametrize(
+    ("url", "host_header"),
+    [
+        ("https://[::1]:6443", "[::1]:6443"),
+        ("https://[fd00::10]/prefix", "[fd00::10]:443"),
+        ("https://kube.example:6443", "kube.example:6443"),
+        ("http://10.0.0.5", "10.0.0.5:80"),
+    ],
+)
+def test_the_host_header_names_the_upstream_with_an_ipv6_literal_in_brackets(
+    url: str, host_header: str
+) -> None:
+    assert UpstreamPool(url, None).host_header == host_header
