@@ -709,10 +709,7 @@ class KubeGateway:
                 ),
             )
         except (aiohttp.ClientError, ConnectionError) as e:
-            return self._refuse(
-                502,
-                status_doc(502, "BadGateway", f"auditcast: cluster {cluster.name}: {e}"),
-            )
+            return self._bad_gateway(base, cluster, str(e) or type(e).__name__)
         chosen = up.protocol or protocol
         ws = web.WebSocketResponse(
             protocols=(chosen,), autoping=True, max_msg_size=WS_MAX_MSG, compress=False
@@ -807,11 +804,10 @@ class KubeGateway:
                 10,
             )
         except (OSError, TimeoutError) as e:
-            return self._refuse(
-                502, status_doc(502, "BadGateway", f"auditcast: cluster {cluster.name}: {e}")
-            )
+            return self._bad_gateway(base, cluster, str(e) or type(e).__name__)
         target = info.path + ("?" + request.query_string if request.query_string else "")
-        lines = [f"{request.method} {target} HTTP/1.1", f"Host: {host}:{port}"]
+        host_header = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        lines = [f"{request.method} {target} HTTP/1.1", f"Host: {host_header}"]
         lines += [f"{k}: {v}" for k, v in headers.items()]
         lines += ["Connection: Upgrade", f"Upgrade: {upgrade}", "Content-Length: 0"]
         writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
@@ -828,18 +824,25 @@ class KubeGateway:
             OSError,
         ) as e:
             writer.close()
-            return self._refuse(
-                502, status_doc(502, "BadGateway", f"auditcast: bad upgrade answer: {e}")
-            )
+            return self._bad_gateway(base, cluster, str(e) or type(e).__name__, "answered badly")
         up_headers: CIMultiDict[str] = CIMultiDict()
         for line in header_lines:
             if ":" in line:
                 k, v = line.split(":", 1)
                 up_headers.add(k.strip(), v.strip())
         if code != 101:
-            length = int(up_headers.get("Content-Length", "0") or 0)
-            body = await reader.readexactly(min(length, self.max_body_bytes)) if length else b""
-            writer.close()
+            try:
+                text = up_headers.get("Content-Length", "0") or "0"
+                if not (text.isascii() and text.isdigit()):
+                    raise ValueError(f"Content-Length {text!r}")
+                length = min(int(text), self.max_body_bytes)
+                body = await asyncio.wait_for(reader.readexactly(length), 30) if length else b""
+            except (asyncio.IncompleteReadError, ValueError, TimeoutError, OSError) as e:
+                return self._bad_gateway(
+                    base, cluster, str(e) or type(e).__name__, "answered badly"
+                )
+            finally:
+                writer.close()
             self._emit(
                 {
                     **base,

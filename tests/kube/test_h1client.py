@@ -8,6 +8,7 @@ import asyncio
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import orjson
@@ -191,32 +192,52 @@ async def test_an_upstream_that_hangs_up_unanswered_is_a_connection_error(
     pool.close()
 
 
-async def test_an_unreachable_cluster_gets_a_502_status_and_a_kube_request_event(
+DownGateway = tuple[str, CollectingSink, aiohttp.ClientSession, dict[str, str]]
+
+
+async def request_events(sink: CollectingSink) -> list[Any]:
+    """The kube.request events, once the gateway has written them (just after the answer)."""
+    for _ in range(500):
+        if found := sink.of_type("kube.request"):
+            return found
+        await asyncio.sleep(0.01)
+    return []
+
+
+@pytest.fixture
+async def down_cluster_gateway(
     tmp_path: Path, pki: tuple[Path, ssl.SSLContext, ssl.SSLContext]
-) -> None:
+) -> AsyncIterator[DownGateway]:
+    """A gateway whose one cluster, dev-cluster, is down: (its cluster URL, its event sink
+    (complete once the session is closed), a client session trusting it, alice's auth)."""
     mint = TokenMint(tmp_path / "access-home")
     sink = CollectingSink()
     cluster = UpstreamCluster("dev-cluster", f"https://127.0.0.1:{free_port()}", ca=pki[0])
     gw = KubeGateway({"dev-cluster": cluster}, mint.verify, sink)
-    gw_ca = TestCA.create("gw-ca")
-    gw_ca_path, crt, key = gw_ca.write(tmp_path / "gw-pki", "gw")
+    gw_ca_path, crt, key = TestCA.create("gw-ca").write(tmp_path / "gw-pki", "gw")
     tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     tls.load_cert_chain(crt, key)
     await gw.start("127.0.0.1", 0, tls)
+    conn = aiohttp.TCPConnector(ssl=ssl.create_default_context(cafile=gw_ca_path))
+    session = aiohttp.ClientSession(connector=conn)
+    auth = {"Authorization": f"Bearer {mint.mint('alice')}"}
     try:
-        conn = aiohttp.TCPConnector(ssl=ssl.create_default_context(cafile=gw_ca_path))
-        async with aiohttp.ClientSession(connector=conn) as s:
-            async with s.get(
-                f"https://127.0.0.1:{gw.port}/cluster/dev-cluster/api/v1/namespaces/dev/pods",
-                headers={"Authorization": f"Bearer {mint.mint('alice')}"},
-            ) as r:
-                assert r.status == 502
-                doc = orjson.loads(await r.read())
+        yield f"https://127.0.0.1:{gw.port}/cluster/dev-cluster", sink, session, auth
     finally:
+        await session.close()
         await gw.stop()
+
+
+async def test_an_unreachable_cluster_gets_a_502_status_and_a_kube_request_event(
+    down_cluster_gateway: DownGateway,
+) -> None:
+    gw, sink, s, auth = down_cluster_gateway
+    async with s.get(f"{gw}/api/v1/namespaces/dev/pods", headers=auth) as r:
+        assert r.status == 502
+        doc = orjson.loads(await r.read())
     assert doc["kind"] == "Status" and doc["reason"] == "BadGateway"
     assert "cluster dev-cluster unreachable" in doc["message"]
-    (event,) = sink.of_type("kube.request")
+    (event,) = await request_events(sink)
     assert event.user == "alice"
     assert event.response_code == 502  # type: ignore[attr-defined]
     assert event.resource == "pods"  # type: ignore[attr-defined]
@@ -334,3 +355,31 @@ def test_the_host_header_names_the_upstream_with_an_ipv6_literal_in_brackets(
     url: str, host_header: str
 ) -> None:
     assert UpstreamPool(url, None).host_header == host_header
+
+
+EXEC_PATH = "/api/v1/namespaces/dev/pods/web-0/exec?command=sh&stdin=true&stdout=true&tty=true"
+
+
+@pytest.mark.parametrize("upgrade", ["websocket", "SPDY/3.1"])
+async def test_an_exec_upgrade_to_an_unreachable_cluster_gets_a_502_and_an_event(
+    upgrade: str, down_cluster_gateway: DownGateway
+) -> None:
+    """kubectl exec (WebSocket, or SPDY from an older kubectl) while the cluster is down:
+    the same 502 Status as any request, and the attempt is in the audit log."""
+    gw, sink, s, auth = down_cluster_gateway
+    url = gw + EXEC_PATH
+    if upgrade == "websocket":
+        with pytest.raises(aiohttp.WSServerHandshakeError) as err:
+            await s.ws_connect(url, protocols=("v5.channel.k8s.io",), headers=auth)
+        assert err.value.status == 502
+    else:
+        headers = {**auth, "Connection": "Upgrade", "Upgrade": upgrade}
+        async with s.post(url, headers=headers) as r:
+            assert r.status == 502
+            doc = orjson.loads(await r.read())
+        assert doc["reason"] == "BadGateway"
+        assert "cluster dev-cluster unreachable" in doc["message"]
+    (event,) = await request_events(sink)
+    assert event.user == "alice"
+    assert event.response_code == 502  # type: ignore[attr-defined]
+    assert event.subresource == "exec"  # type: ignore[attr-defined]
