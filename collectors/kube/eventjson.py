@@ -19,25 +19,11 @@ import orjson
 from pydantic import BaseModel
 
 from auditcast.codes import code_for
-from auditcast.events import format_time, new_event_id
+from auditcast.events import Event, format_time, new_event_id
 
 # The envelope's fields in the model's order (auditcast.events.Event); the rest of a
 # document's keys follow as extras, in the order the fields were given.
-_ENVELOPE: Final = (
-    "id",
-    "type",
-    "code",
-    "time",
-    "user",
-    "credential_id",
-    "identity",
-    "cluster",
-    "node",
-    "labels",
-    "session_id",
-    "source",
-    "chain",
-)
+_ENVELOPE: Final = tuple(Event.model_fields)
 _ENVELOPE_SET: Final = frozenset(_ENVELOPE)
 
 
