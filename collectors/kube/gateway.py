@@ -794,20 +794,22 @@ class KubeGateway:
                 400,
                 status_doc(400, "BadRequest", f"auditcast: {upgrade} upgrades are not proxied"),
             )
-        up_url = URL(cluster.url)
-        host, port = up_url.host or "", up_url.port or 443
+        up = self._pools[cluster.name]  # the upstream's address and Host header
         try:
             reader, writer = await asyncio.wait_for(
                 asyncio.open_connection(
-                    host, port, ssl=self._ssl[cluster.name], server_hostname=host, limit=2**16
+                    up.host,
+                    up.port,
+                    ssl=self._ssl[cluster.name],
+                    server_hostname=up.host,
+                    limit=2**16,
                 ),
                 10,
             )
         except (OSError, TimeoutError) as e:
             return self._bad_gateway(base, cluster, str(e) or type(e).__name__)
         target = info.path + ("?" + request.query_string if request.query_string else "")
-        host_header = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        lines = [f"{request.method} {target} HTTP/1.1", f"Host: {host_header}"]
+        lines = [f"{request.method} {target} HTTP/1.1", f"Host: {up.host_header}"]
         lines += [f"{k}: {v}" for k, v in headers.items()]
         lines += ["Connection: Upgrade", f"Upgrade: {upgrade}", "Content-Length: 0"]
         writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
