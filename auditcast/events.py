@@ -33,6 +33,12 @@ def new_event_id() -> str:
     return uuid7()
 
 
+def partition_key(session_id: str | None, user: str | None, event_id: str) -> bytes:
+    """An event's Kafka key: its session for session-bound events (so they share a
+    partition with the session's frames), else its user, else its id."""
+    return (session_id or user or event_id).encode()
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -120,8 +126,7 @@ class Event(BaseModel):
 
     @property
     def key(self) -> bytes:
-        """Partition key: the session for session-bound events, else the user."""
-        return (self.session_id or self.user or self.id).encode()
+        return partition_key(self.session_id, self.user, self.id)
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_none=True)

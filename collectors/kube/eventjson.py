@@ -19,7 +19,7 @@ import orjson
 from pydantic import BaseModel
 
 from auditcast.codes import code_for
-from auditcast.events import Event, format_time, new_event_id
+from auditcast.events import Event, format_time, new_event_id, partition_key
 
 # The envelope's fields in the model's order (auditcast.events.Event); the rest of a
 # document's keys follow as extras, in the order the fields were given.
@@ -62,8 +62,8 @@ def event_doc(fields: Mapping[str, Any], now: datetime | None = None) -> dict[st
 
 
 def event_key(doc: Mapping[str, Any]) -> bytes:
-    """`Event.key`: the session for session-bound events, else the user, else the id."""
-    return str(doc.get("session_id") or doc.get("user") or doc["id"]).encode()
+    """`Event.key` of the document."""
+    return partition_key(doc.get("session_id"), doc.get("user"), doc["id"])
 
 
 def event_json(fields: Mapping[str, Any], now: datetime | None = None) -> tuple[bytes, bytes]:
