@@ -6,9 +6,12 @@ import asyncio
 import logging
 import signal
 from collections.abc import Coroutine
-from typing import Any, Final
+from typing import Any, Final, Literal, TypeVar
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+LoopKind = Literal["uvloop", "asyncio"]
 
 # How long a stop waits for a loop to wind down before leaving it behind.
 STOP_GRACE_S: Final = 10.0
@@ -74,3 +77,22 @@ async def stop_other_tasks(*, grace: float = STOP_GRACE_S) -> bool:
     others = [t for t in asyncio.all_tasks() if t is not me]
     done = await asyncio.gather(*(cancel_and_wait(t, grace=grace) for t in others))
     return all(done)
+
+
+def new_event_loop(kind: LoopKind = "uvloop") -> asyncio.AbstractEventLoop:
+    """A new event loop of `kind` (the `event_loop` setting). uvloop is a dependency;
+    if it cannot be imported here the standard loop is used, with a warning."""
+    if kind == "uvloop":
+        try:
+            import uvloop
+        except ImportError as e:
+            log.warning("uvloop unavailable (%s); using the asyncio event loop", e)
+        else:
+            return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
+def run_service(main: Coroutine[Any, Any, T], kind: LoopKind = "uvloop") -> T:
+    """`asyncio.run` on a `new_event_loop(kind)`: how the gateways run."""
+    with asyncio.Runner(loop_factory=lambda: new_event_loop(kind)) as runner:
+        return runner.run(main)

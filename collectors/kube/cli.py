@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from auditcast.aio import cancel_and_wait
+from auditcast.aio import cancel_and_wait, run_service
 from auditcast.cli._util import run, settings
 from auditcast.logs import setup_logging
 from auditcast.settings import Settings
@@ -60,7 +60,7 @@ def kube_gateway(
     """
     s = settings()
     setup_logging(s.log_level)
-    run(_serve_gateway(s, clusters_path, port, tls_cert, tls_key))
+    run_service(_serve_gateway(s, clusters_path, port, tls_cert, tls_key), s.event_loop)
 
 
 async def _serve_gateway(

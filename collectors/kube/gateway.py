@@ -1012,7 +1012,7 @@ def _is_discovery(path: str) -> bool:
 def _bound_port(site: web.TCPSite) -> int:
     """The port a site bound (for port 0): aiohttp keeps its asyncio server private."""
     server = site._server
-    assert isinstance(server, asyncio.Server)
+    assert server is not None and hasattr(server, "sockets")  # asyncio's or uvloop's Server
     return int(server.sockets[0].getsockname()[1])
 
 

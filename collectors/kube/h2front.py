@@ -33,7 +33,7 @@ import functools
 import logging
 import ssl
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import h2.config
 import h2.connection
@@ -196,8 +196,8 @@ class H2Front(asyncio.Protocol):
 
     # asyncio.Protocol -------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # a full transport (asyncio's, or uvloop's, which does not subclass asyncio's)
+        self.transport = cast(asyncio.Transport, transport)
         self.peer = transport.get_extra_info("peername")
         # HEADERS and DATA go out as separate small writes: without this, Nagle holds
         # the second one for the client's delayed ACK (aiohttp does the same for h1)

@@ -426,7 +426,14 @@ def main() -> None:
     only_exec = bool(args.only_exec)
     if args.serve_gateway:
         upstream = json.loads(args.serve_gateway)
-        asyncio.run(serve_gateway(upstream, args.workdir, args.settings, args.record))
+        from auditcast.aio import run_service
+        from auditcast.settings import Settings
+
+        # on the loop `auditcast kube-gateway` runs on (AUDITCAST_EVENT_LOOP to compare)
+        run_service(
+            serve_gateway(upstream, args.workdir, args.settings, args.record),
+            Settings(home=args.workdir / "home").event_loop,
+        )
         return
     from auditcast.broker import EmbeddedBroker
     from auditcast.kafka import ensure_topics

@@ -21,6 +21,7 @@ import pytest
 from auditcast.access.ca import load_ca
 from auditcast.access.locks import LockView
 from auditcast.access.tokens import issue_token
+from auditcast.aio import new_event_loop
 from auditcast.collectors.kube.gateway import KubeGateway
 from auditcast.collectors.kube.upstreams import UpstreamCluster
 from auditcast.collectors.kube.wiring import lock_subject, token_verifier
@@ -95,12 +96,13 @@ class CollectingSink:
 
 
 class ThreadedGateway:
-    """The gateway on its own event loop, so tests can drive real kubectl synchronously."""
+    """The gateway on its own event loop, so tests can drive real kubectl synchronously.
+    The loop is the kind `auditcast kube-gateway` runs on (uvloop by default)."""
 
     def __init__(self, gateway: KubeGateway, tls: ssl.SSLContext) -> None:
         self.gateway = gateway
         self.tls = tls
-        self.loop = asyncio.new_event_loop()
+        self.loop = new_event_loop(Settings.model_fields["event_loop"].default)
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True, name="kube-gw")
 
     def call(self, coro: Any, timeout: float = 10) -> Any:

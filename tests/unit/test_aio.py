@@ -1,4 +1,5 @@
-"""cancel_and_wait: a stop that finishes even when a loop swallows its cancellation."""
+"""cancel_and_wait: a stop that finishes even when a loop swallows its cancellation;
+run_service: the gateways' loop is the one the `event_loop` setting names."""
 
 from __future__ import annotations
 
@@ -6,10 +7,12 @@ import asyncio
 import logging
 import os
 import signal
+from pathlib import Path
 
 import pytest
 
-from auditcast.aio import cancel_and_wait, run_until_signalled, stop_other_tasks
+from auditcast.aio import cancel_and_wait, run_service, run_until_signalled, stop_other_tasks
+from auditcast.settings import Settings
 
 
 class Stubborn:
@@ -112,3 +115,16 @@ async def test_stop_other_tasks_reports_one_that_never_ends() -> None:
     release = True
     assert await stop_other_tasks(grace=0.5) is True
     assert stuck.done()
+
+
+async def _loop_kind() -> str:
+    return type(asyncio.get_running_loop()).__module__.partition(".")[0]
+
+
+def test_services_run_on_uvloop_unless_the_setting_names_asyncio(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    assert Settings(home=tmp_path).event_loop == "uvloop"
+    assert run_service(_loop_kind(), Settings(home=tmp_path).event_loop) == "uvloop"
+    monkeypatch.setenv("AUDITCAST_EVENT_LOOP", "asyncio")
+    assert run_service(_loop_kind(), Settings(home=tmp_path).event_loop) == "asyncio"
