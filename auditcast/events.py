@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any, Final, Literal
 
 import msgpack
+import msgspec
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer
 
@@ -156,7 +157,7 @@ def decode_event_json(raw: bytes | str) -> tuple[Event | None, dict[str, Any]]:
     three JSON parses per event; what the collectors and the worker write always takes
     the short way."""
     data = _event_object(raw)
-    if plainly_valid_event(data):
+    if _plain_json(raw, data) or plainly_valid_event(data):
         return None, data
     return _validated(data), data
 
@@ -187,11 +188,7 @@ def plainly_valid_event(data: dict[str, Any]) -> bool:
     if type(event_type) is not str or event_type not in CODE_BY_TYPE:
         return False
     time = get("time")
-    if type(time) is not str or _CANONICAL_TIME.match(time) is None:
-        return False
-    try:
-        datetime.fromisoformat(time)  # the calendar: no 13th month, no 30 February
-    except ValueError:
+    if type(time) is not str or not _plain_time(time):
         return False
     for name in _OPTIONAL_TEXT:
         v = get(name)
@@ -225,6 +222,115 @@ def plainly_valid_event(data: dict[str, Any]) -> bool:
             elif v is not None and type(v) is not str:
                 return False
     return True
+
+
+def _plain_time(time: str) -> bool:
+    """Whether `time` is in `format_time`'s form and a real instant."""
+    if _CANONICAL_TIME.match(time) is None:
+        return False
+    try:
+        datetime.fromisoformat(time)  # the calendar: no 13th month, no 30 February
+    except ValueError:
+        return False
+    return True
+
+
+# The envelope's fields as `plainly_valid_event` types them, for msgspec, which checks a
+# record's JSON against them in C while it reads it: 2-3x faster than the Python checks
+# over orjson's dict, and with no dict at all where a stage needs only these fields.
+# gc=False: the structs hold only text, never a cycle.
+class _PlainIdentity(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    user: str
+    sso_subject: str | None = None
+    sso_issuer: str | None = None
+    email: str | None = None
+    groups: list[str] = []
+    roles: list[str] = []
+
+
+class _PlainSource(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    collector: str
+    instance: str | None = None
+    remote_addr: str | None = None
+    user_agent: str | None = None
+
+
+class _PlainChain(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    hash: str
+    prev: str | None = None
+
+
+class PlainEnvelope(msgspec.Struct, gc=False):
+    """The envelope fields of a record `plain_envelope` read (type-specific fields are
+    not kept). `code` is UNSET when the JSON has none, so a stage can tell."""
+
+    type: str
+    time: str
+    id: str = ""
+    code: str | msgspec.UnsetType = msgspec.UNSET
+    user: str | None = None
+    credential_id: str | None = None
+    identity: _PlainIdentity | None = None
+    cluster: str | None = None
+    node: str | None = None
+    labels: dict[str, str] = {}
+    session_id: str | None = None
+    source: _PlainSource | None = None
+    chain: _PlainChain | None = None
+
+
+_PLAIN_DECODER: Final = msgspec.json.Decoder(PlainEnvelope)
+# msgspec skips unknown fields without checking them as orjson would, and orjson
+# refuses some JSON msgspec takes: text that is not UTF-8 (including encoded
+# surrogates), numbers beyond a double (1e400, or 309+ digits) and nesting deeper than
+# 1024. `plain_envelope` answers only for ASCII records under PLAIN_MAX_BYTES (too short
+# to nest that deep) with no number in exponent form and fewer than 300 digits, signs,
+# points and blanks in all; everything else goes the way of `decode_event_json`.
+# (Escaped lone surrogates and malformed numbers msgspec refuses itself.)
+# tests/unit/test_events_plain_envelope.py holds the cases. The scan is one
+# `translate`: digits, signs, points and blanks go, `:` `,` `[` become `:`, so a number
+# with an exponent leaves `:e` behind. (A regex over the record cost ~10x more.)
+PLAIN_MAX_BYTES: Final = 2048
+_PLAIN_DELETE: Final = b"0123456789+-. \t\r\n"
+_PLAIN_SCAN: Final = bytes.maketrans(b",[E", b"::e")
+
+
+def plain_envelope(raw: bytes) -> PlainEnvelope | None:
+    """The envelope fields of `raw` when `decode_event_json(raw)` certainly takes the
+    short way (orjson reads it as an object that `plainly_valid_event` accepts), read
+    without building the dict (with the worker's attribution: 38k instead of 53k
+    instructions per event under callgrind). None means "not certain, ask
+    `decode_event_json`", never that the record is malformed."""
+    if len(raw) >= PLAIN_MAX_BYTES or not raw.isascii():
+        return None
+    scan = raw.translate(_PLAIN_SCAN, _PLAIN_DELETE)
+    if b":e" in scan or len(raw) - len(scan) >= 300:
+        return None
+    try:
+        env = _PLAIN_DECODER.decode(raw)
+    except (msgspec.DecodeError, RecursionError):  # DecodeError: also ValidationError
+        return None
+    if env.type not in CODE_BY_TYPE or not _plain_time(env.time):
+        return None
+    return env
+
+
+def _plain_json(raw: bytes | str, data: dict[str, Any]) -> bool:
+    """`plainly_valid_event(data)` for the `data` orjson read from `raw`, answered by
+    msgspec from `raw` where it can: True only if `plainly_valid_event` says so. msgspec
+    checks every occurrence of a repeated key (orjson keeps the last), so it may say
+    False where the Python checks say True; they are asked then."""
+    try:
+        _PLAIN_DECODER.decode(raw)
+    except (msgspec.DecodeError, RecursionError):  # deeper than msgspec goes: ask Python
+        return False
+    event_type, time = data.get("type"), data.get("time")
+    return (
+        type(event_type) is str
+        and event_type in CODE_BY_TYPE
+        and type(time) is str
+        and _plain_time(time)
+    )
 
 
 def _event_object(raw: bytes | str) -> dict[str, Any]:

@@ -31,11 +31,25 @@ from aiokafka import AIOKafkaProducer, ConsumerRecord
 from faust.types import EventT, RecordMetadata
 
 from auditcast.errors import MalformedMessage
-from auditcast.events import Event, Identity, decode_event_json, decode_frames
+from auditcast.events import (
+    Event,
+    Identity,
+    PlainEnvelope,
+    decode_event_json,
+    decode_frames,
+    plain_envelope,
+)
 from auditcast.kafka import MAX_REQUEST_BYTES, BatchSender, start_producer
 from auditcast.settings import Settings
 from auditcast.streams import sessions
-from auditcast.streams.attribution import audit_record, decide, decide_doc, unattributed_alert
+from auditcast.streams.attribution import (
+    audit_record,
+    decide,
+    decide_doc,
+    decide_plain,
+    plain_record,
+    unattributed_alert,
+)
 from auditcast.streams.audit_path import AuditPath
 from auditcast.streams.identities import IdentityView
 from auditcast.topics import (
@@ -94,6 +108,23 @@ class WorkerStats:
             "dead_letters": dict(self.dead_letters),
             "unattributed": self.unattributed,
         }
+
+
+# A record of `events.raw` as read: (record, model, JSON object, None) the dict's way
+# (`decode_event_json`), or (record, None, None, envelope fields) by `plain_envelope`.
+_Decoded = tuple[
+    ConsumerRecord[bytes, bytes], Event | None, dict[str, Any] | None, PlainEnvelope | None
+]
+
+
+def _credential_id(
+    event: Event | None, doc: dict[str, Any] | None, env: PlainEnvelope | None
+) -> str | None:
+    if env is not None:
+        return env.credential_id
+    if event is not None:
+        return event.credential_id
+    return doc.get("credential_id") if doc is not None else None
 
 
 class StreamsApp:
@@ -266,53 +297,39 @@ class StreamsApp:
         out = BatchSender(producer, end_alone=[self._changelog_topic()])
         same_partition = await self._audit_partitions_match(producer)
         source = self.topic_name(EVENTS_RAW)
-        # The model is built only where it is used (session events, alerts) or where the
-        # JSON needs pydantic's verdict: for the rest the JSON is checked and read as it is.
-        decoded: list[tuple[ConsumerRecord[bytes, bytes], Event | None, dict[str, Any]]] = []
+        # Most records are read by msgspec into their envelope fields only and extended
+        # as text (`plain_envelope`, `plain_record`). The rest go the dict's way: the model
+        # is built only where it is used (session events, alerts) or where the JSON needs
+        # pydantic's verdict; otherwise the JSON is checked and read as it is.
+        decoded: list[_Decoded] = []
         self.stats.consumed[source] += len(batch)
         for msg in batch:
             try:
                 if msg.value is None:
                     raise MalformedMessage("empty record (null value)")
-                event, doc = decode_event_json(msg.value)
-                decoded.append((msg, event, doc))
+                env = plain_envelope(msg.value)
+                if env is not None and not (env.session_id and env.type in SESSION_TYPES):
+                    decoded.append((msg, None, None, env))
+                    continue
+                decoded.append((msg, *decode_event_json(msg.value), None))
             except MalformedMessage as e:
                 pending.append(await self._dead_letter(source, msg, e.message))
         get_identity = self.identities.get
         if any(
-            (cred := e.credential_id if e is not None else d.get("credential_id"))
-            and get_identity(cred) is None
-            for _, e, d in decoded
+            (cred := _credential_id(e, d, env)) and get_identity(cred) is None
+            for _, e, d, env in decoded
         ):
             # A credential is usually issued moments before its first use: let the view
             # catch up once per batch before calling anything unknown.
             await self.identities.catch_up()
         changed: dict[bytes, int] = {}
-        for msg, event, doc in decoded:
-            extra: dict[str, Any] = {}
-            if event is None:  # plainly valid: read from the JSON
-                found, unattributed = decide_doc(doc, get_identity(doc.get("credential_id")))
-                session_id = doc.get("session_id")
-                if session_id and doc["type"] in SESSION_TYPES:
-                    summary = sessions.fold_event(
-                        self._session(session_id), doc["type"], doc["time"]
-                    )
-                    self._put_session(changed, msg.partition, summary)
-                    extra = sessions.end_fields_doc(doc, summary)
-                if unattributed:
-                    event = Event.model_validate(doc)  # for the alert
-            else:
-                found, unattributed = decide(event, get_identity(event.credential_id))
-                if event.session_id and event.type in SESSION_TYPES:
-                    summary = sessions.on_event(self._session(event.session_id), event)
-                    self._put_session(changed, msg.partition, summary)
-                    extra = sessions.end_fields(event, summary)
-            ident_doc, ident_json = (
-                self._identity_json(found) if found is not None else (None, None)
-            )
-            value = audit_record(
-                event, doc, ident_doc, extra, raw=msg.value, identity_json=ident_json
-            )
+        for msg, event, doc, env in decoded:
+            value = self._plain_value(env, msg.value) if env is not None else None
+            unattributed = False
+            if value is None:
+                if doc is None:  # unattributed, or a null in it: the dict's way after all
+                    event, doc = decode_event_json(msg.value)
+                value, event, unattributed = self._audit_value(msg, event, doc, changed)
             if same_partition:
                 await out.add(self.events_audit, msg.partition, msg.key, value)
             else:
@@ -325,6 +342,45 @@ class StreamsApp:
         pending.extend(await out.send())
         # The audit path commits the batch's offsets once this completes.
         return asyncio.gather(*pending)
+
+    def _plain_value(self, env: PlainEnvelope, raw: bytes | None) -> bytes | None:
+        """The `events.audit` value of a record `plain_envelope` read, or None when it
+        must be made from the dict (unattributed: the alert needs the model)."""
+        found, unattributed = decide_plain(env, self.identities.get(env.credential_id))
+        if unattributed or raw is None:
+            return None
+        return plain_record(env, raw, self._identity_json(found)[1] if found else None)
+
+    def _audit_value(
+        self,
+        msg: ConsumerRecord[bytes, bytes],
+        event: Event | None,
+        doc: dict[str, Any],
+        changed: dict[bytes, int],
+    ) -> tuple[bytes, Event | None, bool]:
+        """The `events.audit` value of a record read as JSON (`decode_event_json`), the
+        event (built if an alert needs it) and whether it is unattributed; session
+        events are folded into the sessions table (noted in `changed`)."""
+        get_identity = self.identities.get
+        extra: dict[str, Any] = {}
+        if event is None:  # plainly valid: read from the JSON
+            found, unattributed = decide_doc(doc, get_identity(doc.get("credential_id")))
+            session_id = doc.get("session_id")
+            if session_id and doc["type"] in SESSION_TYPES:
+                summary = sessions.fold_event(self._session(session_id), doc["type"], doc["time"])
+                self._put_session(changed, msg.partition, summary)
+                extra = sessions.end_fields_doc(doc, summary)
+            if unattributed:
+                event = Event.model_validate(doc)  # for the alert
+        else:
+            found, unattributed = decide(event, get_identity(event.credential_id))
+            if event.session_id and event.type in SESSION_TYPES:
+                summary = sessions.on_event(self._session(event.session_id), event)
+                self._put_session(changed, msg.partition, summary)
+                extra = sessions.end_fields(event, summary)
+        ident_doc, ident_json = self._identity_json(found) if found is not None else (None, None)
+        value = audit_record(event, doc, ident_doc, extra, raw=msg.value, identity_json=ident_json)
+        return value, event, unattributed
 
     async def _audit_partitions_match(self, producer: AIOKafkaProducer) -> bool:
         """Whether `events.audit` has as many partitions as `events.raw`: then a record's

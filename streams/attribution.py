@@ -8,12 +8,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Final
 
+import msgspec
 import orjson
 from pydantic import ValidationError
 
 from auditcast.codes import CODE_BY_TYPE
 from auditcast.errors import MalformedMessage
-from auditcast.events import Event, Identity, Source, format_time, is_canonical_time
+from auditcast.events import (
+    Event,
+    Identity,
+    PlainEnvelope,
+    Source,
+    format_time,
+    is_canonical_time,
+)
 
 # The collector name of the local PTY recorder: its events carry the OS user and no
 # credential, so the OS user is the identity (DESIGN §6, `auditcast rec`).
@@ -76,6 +84,14 @@ def decide_doc(doc: dict[str, Any], identity: Identity | None) -> tuple[Identity
         collector,
         doc.get("user"),
         identity,
+    )
+
+
+def decide_plain(env: PlainEnvelope, identity: Identity | None) -> tuple[Identity | None, bool]:
+    """`decide` for the envelope fields `plain_envelope` read."""
+    collector = env.source.collector if env.source is not None else None
+    return _decide(
+        env.identity is not None, env.type, env.credential_id, collector, env.user, identity
     )
 
 
@@ -190,6 +206,32 @@ def _extended(
         if not extra.keys().isdisjoint(doc):
             return None
         parts.append(orjson.dumps(extra)[1:-1])
+    return _appended(raw, parts)
+
+
+def plain_record(env: PlainEnvelope, raw: bytes, identity_json: bytes | None) -> bytes | None:
+    """`audit_record` for a record `plain_envelope` read as `env`, with the identity
+    attribution found (as JSON) and no extra fields: `raw` extended as `_extended` does,
+    decided from `env` instead of the dict. None where `_extended` would say None, and
+    wherever the record has `null` in it at all (a top-level null is dropped from the
+    record, and only the dict says where one is)."""
+    if b"null" in raw:
+        return None
+    parts: list[bytes] = []
+    if env.code is msgspec.UNSET:
+        parts.append(b'"code":' + orjson.dumps(CODE_BY_TYPE[env.type]))
+    elif not env.code:
+        return None
+    if identity_json is not None:
+        if env.identity is not None:
+            return None
+        parts.append(b'"identity":' + identity_json)
+    return _appended(raw, parts)
+
+
+def _appended(raw: bytes, parts: list[bytes]) -> bytes | None:
+    """`raw` (a JSON object) with the `"key":value` texts of `parts` added inside its
+    closing brace; None if anything follows that brace but whitespace."""
     body = raw.rstrip(b" \t\r\n")
     if not body.endswith(b"}"):
         return None

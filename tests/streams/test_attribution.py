@@ -6,13 +6,15 @@ import orjson
 import pytest
 
 from auditcast.errors import MalformedMessage
-from auditcast.events import Event, Identity, Source
+from auditcast.events import Event, Identity, Source, decode_event_json, plain_envelope
 from auditcast.streams.attribution import (
     attribute,
     audit_record,
     decide,
     decide_doc,
+    decide_plain,
     parse_identity_record,
+    plain_record,
 )
 from auditcast.streams.identities import IdentityView
 
@@ -154,3 +156,57 @@ def test_the_record_extended_as_text_is_the_record_built_from_the_document(
         and not (extra and "frames" in doc)
     )
     assert fast.startswith(raw.rstrip()[:-1]) == short  # the text kept, or built anew
+
+
+_PLAIN_RECORDS = [
+    *_RECORDS,
+    kube_event().to_json(),
+    kube_event(None).to_json(),
+    Event(
+        type="session.start", user="bob", session_id="s", source=Source(collector="pty")
+    ).to_json(),
+    Event(type="kube.request", user="carol", identity=Identity(user="carol")).to_json(),
+    Event(type="audit.unattributed", user="dave").to_json(),
+    b'{"id":"e7","type":"kube.request","time":"2026-11-29T01:02:03.000004Z","code":"X1"}',
+    b'{"id":"e8","type":"kube.request","time":"2026-11-29T01:02:03.000004Z","x":"null"}',
+    b'{"id":"e9","type":"kube.request","time":"2026-11-29T01:02:03.000004Z","identity":null}',
+    b'{"id":"e10","type":"kube.request","time":"2026-11-29T01:02:03.000004Z","code":"X","code":""}',
+    b'{"id":"e11","type":"kube.request","time":"2026-11-29T01:02:03.000004Z","source":'
+    b'{"collector":"pty"},"user":"u"}\t\r\n',
+]
+
+
+@pytest.mark.parametrize("raw", _PLAIN_RECORDS, ids=range(len(_PLAIN_RECORDS)))
+@pytest.mark.parametrize("known", [ALICE, None], ids=["known", "unknown"])
+def test_the_worker_reading_only_the_envelope_writes_what_the_dict_way_writes(
+    raw: bytes, known: Identity | None
+) -> None:
+    """Records `plain_envelope` reads are attributed and extended from its fields; the
+    decision and the bytes written must be those of the dict-based path, and it may
+    decline (None: the dict's way) only where that path builds the record anew or the
+    record has a null in it."""
+    env = plain_envelope(raw)
+    if env is None:
+        return
+    event, doc = decode_event_json(raw)
+    assert event is None
+    assert decide_plain(env, known) == decide_doc(doc, known)
+    found, _ = decide_doc(doc, known)
+    ident_doc = found.model_dump(mode="json", exclude_none=True) if found else None
+    ident_json = orjson.dumps(ident_doc) if found else None
+    expected = audit_record(None, dict(doc), ident_doc, {}, raw=raw, identity_json=ident_json)
+    written = plain_record(env, raw, ident_json)
+    if written is None:
+        kept_text = expected.startswith(raw.rstrip()[:-1])
+        assert b"null" in raw or not kept_text
+    else:
+        assert written == expected
+
+
+def test_most_records_are_extended_without_the_dict() -> None:
+    raw = kube_event().to_json()
+    env = plain_envelope(raw)
+    assert env is not None
+    assert plain_record(env, raw, orjson.dumps(_ALICE_DOC)) == audit_record(
+        None, orjson.loads(raw), _ALICE_DOC, {}
+    )
