@@ -14,6 +14,10 @@ Protocol, one JSON line per message:
 
 We also die with the parent (PR_SET_PDEATHSIG), so a SIGKILLed collector never leaves a
 sender behind that races the drainer adopting its segments.
+
+We run at a lower CPU priority (`NICENESS`) than the collector: what the collector
+spooled is durable already, so on a busy machine the terminal's bytes go first and
+delivery catches up in the gaps.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
@@ -41,6 +45,10 @@ from auditcast.logs import setup_logging
 from auditcast.settings import Settings
 
 _PR_SET_PDEATHSIG = 1
+# CFS gives a nice-10 process ~1/9 of a core that a nice-0 one also wants, never none.
+# bench_recorder (100 MB through `auditcast rec`, 2 cores, load 4-5, same hour): output
+# throughput ratio 0.82-0.83 at 10 against 0.56-0.69 at 0.
+NICENESS: Final = 10
 
 
 class MirrorSpool(Spool):
@@ -149,6 +157,11 @@ class MirrorSpool(Spool):
         super()._release([s for s in segments if s.path.name not in self._mirrored])
 
 
+def _lower_priority() -> None:
+    with contextlib.suppress(OSError):
+        os.nice(NICENESS)
+
+
 def _die_with_parent() -> None:
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
@@ -198,6 +211,7 @@ async def serve() -> None:
 def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the parent; EOF stops us
     _die_with_parent()
+    _lower_priority()
     with contextlib.suppress(BrokenPipeError):
         asyncio.run(serve())
     sys.exit(0)

@@ -21,6 +21,7 @@ import pytest
 
 import auditcast.collectors.spool as spool_mod
 from auditcast.collectors.spool import Spool, drain_all, spool_status
+from auditcast.collectors.spool_sender import NICENESS
 from auditcast.errors import SpoolFull
 from auditcast.events import Event, Frame, decode_event, decode_frames
 from auditcast.topics import EVENTS_RAW, SESSION_FRAMES
@@ -57,6 +58,20 @@ async def test_flush_and_stats_follow_the_sender_process(make_settings) -> None:
     assert got == [e.id for e in events]
     [batch] = await read_topic(s, SESSION_FRAMES, 1)
     assert decode_frames(batch) == frames
+
+
+async def test_sender_process_yields_the_cpu_to_the_collector(make_settings) -> None:
+    """Delivery runs at a lower priority than the terminal it records (NICENESS)."""
+    s = await asyncio.to_thread(make_settings, spool_sender="process")
+    spool = Spool(s, "rec")
+    await spool.start()
+    try:
+        assert await spool.wait_connected(20)  # the child is past its start-up
+        assert spool.sender_pid is not None
+        ours = os.getpriority(os.PRIO_PROCESS, 0)
+        assert os.getpriority(os.PRIO_PROCESS, spool.sender_pid) == min(19, ours + NICENESS)
+    finally:
+        assert await spool.close()
 
 
 async def test_killed_sender_process_is_replaced_and_nothing_is_lost(make_settings) -> None:
