@@ -45,7 +45,12 @@ from auditcast.collectors.kube.channels import (
     parse_protocol_header,
 )
 from auditcast.collectors.kube.eventjson import event_json
-from auditcast.collectors.kube.h1client import UpstreamPool, UpstreamProtocolError
+from auditcast.collectors.kube.h1client import (
+    ANSWER_TIMEOUT,
+    UpstreamPool,
+    UpstreamProtocolError,
+    UpstreamTimeout,
+)
 from auditcast.collectors.kube.h2front import AlpnSite, http_version
 from auditcast.collectors.kube.policy import (
     KubeClaims,
@@ -159,6 +164,7 @@ class KubeGateway:
         instance: str = "kube-gateway",
         max_header_bytes: int = MAX_HEADER_BYTES,
         max_body_bytes: int = MAX_BODY_BYTES,
+        answer_timeout: float = ANSWER_TIMEOUT,
     ) -> None:
         self.clusters = dict(clusters)
         self.verify = verify
@@ -170,6 +176,7 @@ class KubeGateway:
         self.instance = instance
         self.max_header_bytes = max_header_bytes
         self.max_body_bytes = max_body_bytes
+        self.answer_timeout = answer_timeout
         self.live: set[LiveStream] = set()
         self.stats = GatewayStats()
         self._tokens: dict[tuple[str, str], tuple[KubeClaims, Any, float]] = {}
@@ -220,7 +227,7 @@ class KubeGateway:
     async def start(self, host: str, port: int, ssl_context: ssl.SSLContext) -> None:
         for c in self.clusters.values():
             self._ssl[c.name] = c.ssl_context()
-            self._pools[c.name] = UpstreamPool(c.url, self._ssl[c.name])
+            self._pools[c.name] = UpstreamPool(c.url, self._ssl[c.name], self.answer_timeout)
             self._sessions[c.name] = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(ssl=self._ssl[c.name], limit=256),
                 auto_decompress=False,
@@ -606,13 +613,19 @@ class KubeGateway:
         return resp
 
     def _bad_gateway(
-        self, base: dict[str, Any], cluster: UpstreamCluster, reason: str, what: str = "unreachable"
+        self,
+        base: dict[str, Any],
+        cluster: UpstreamCluster,
+        reason: str,
+        what: str = "unreachable",
+        code: int = 502,
     ) -> web.Response:
-        """The 502 for a request the cluster did not answer usably, and its event."""
-        self._emit({**base, "response_code": 502, "error": reason})
+        """The 502 (or 504: `code`) for a request the cluster did not answer usably, and
+        its event."""
+        self._emit({**base, "response_code": code, "error": reason})
+        kind = "Timeout" if code == 504 else "BadGateway"
         return self._refuse(
-            502,
-            status_doc(502, "BadGateway", f"auditcast: cluster {cluster.name} {what}: {reason}"),
+            code, status_doc(code, kind, f"auditcast: cluster {cluster.name} {what}: {reason}")
         )
 
     async def _forward_once(
@@ -639,6 +652,8 @@ class KubeGateway:
             )
         try:
             answer = await pool.request(request.method, target, headers.items(), body)
+        except UpstreamTimeout as e:
+            return self._bad_gateway(base, cluster, str(e), "stopped answering", code=504)
         except (OSError, EOFError, TimeoutError, UpstreamProtocolError) as e:
             what = "answered badly" if isinstance(e, UpstreamProtocolError) else "unreachable"
             return self._bad_gateway(base, cluster, str(e) or type(e).__name__, what)

@@ -32,6 +32,10 @@ MAX_HEAD_BYTES: Final = 1024 * 1024  # the apiserver's own header limit
 MAX_BODY_BYTES: Final = 256 * 1024 * 1024
 _READ_SIZE: Final = 256 * 1024
 CONNECT_TIMEOUT: Final = 10.0
+# How long a one-shot answer may take, head and body. The apiserver ends a request that
+# is not long-running after 60 s itself (its --request-timeout) with a 504 the client
+# should see; past this, the upstream has stopped answering and the client is told so.
+ANSWER_TIMEOUT: Final = 90.0
 MAX_IDLE: Final = 64  # idle connections kept per cluster
 _NO_BODY_CODES: Final = frozenset({204, 304})
 IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
@@ -39,6 +43,10 @@ IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE
 
 class UpstreamProtocolError(Exception):
     """The upstream's answer is not HTTP/1.1 we understand."""
+
+
+class UpstreamTimeout(TimeoutError):
+    """The upstream took the request and did not finish answering in time."""
 
 
 @dataclass
@@ -134,8 +142,11 @@ class _FreshConnectionFailed(Exception):
 class UpstreamPool:
     """Kept-alive HTTP/1.1 connections to one upstream, and one-shot requests on them."""
 
-    def __init__(self, url: str, ssl_context: ssl.SSLContext | None) -> None:
+    def __init__(
+        self, url: str, ssl_context: ssl.SSLContext | None, answer_timeout: float = ANSWER_TIMEOUT
+    ) -> None:
         u = URL(url)
+        self.answer_timeout = answer_timeout
         self.host = u.host or ""
         self.port = u.port or (443 if u.scheme == "https" else 80)
         self.ssl = ssl_context if u.scheme == "https" else None
@@ -161,7 +172,8 @@ class UpstreamPool:
     async def request(
         self, method: str, target: str, headers: Iterable[tuple[str, str]], body: bytes | None
     ) -> Answer:
-        """Raises OSError / TimeoutError (cannot connect, connection lost) and
+        """Raises OSError / TimeoutError (cannot connect, connection lost),
+        UpstreamTimeout (no whole answer within `answer_timeout`) and
         UpstreamProtocolError (an answer we cannot parse)."""
         data = request_head(method, target, self.host_header, headers, len(body or b""))
         if body:
@@ -186,6 +198,18 @@ class UpstreamPool:
             raise ConnectionResetError("the upstream closed the connection unanswered") from e
 
     async def _exchange(self, conn: _Conn, method: str, data: bytes, reused: bool) -> Answer:
+        deadline = asyncio.timeout(self.answer_timeout)
+        try:
+            async with deadline:
+                return await self._answer(conn, method, data, reused)
+        except TimeoutError:
+            if not deadline.expired():  # a socket's own ETIMEDOUT: connection lost
+                raise
+            raise UpstreamTimeout(
+                f"no answer within {self.answer_timeout:g} s of sending the request"
+            ) from None
+
+    async def _answer(self, conn: _Conn, method: str, data: bytes, reused: bool) -> Answer:
         reader = conn.reader
         try:
             conn.writer.write(data)

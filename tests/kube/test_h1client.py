@@ -5,6 +5,7 @@ Length, chunked, close-delimited, idle connections dropped)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -20,6 +21,7 @@ from auditcast.collectors.kube.gateway import KubeGateway
 from auditcast.collectors.kube.h1client import (
     UpstreamPool,
     UpstreamProtocolError,
+    UpstreamTimeout,
     parse_head,
     request_head,
 )
@@ -192,6 +194,30 @@ async def test_an_upstream_that_hangs_up_unanswered_is_a_connection_error(
     pool.close()
 
 
+@pytest.mark.parametrize("answer", [b"", b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf"])
+async def test_an_upstream_that_stops_answering_times_out_and_its_connection_is_dropped(
+    answer: bytes,
+    pki: tuple[Path, ssl.SSLContext, ssl.SSLContext],
+    raw_upstream: Callable[..., Awaitable[int]],
+) -> None:
+    """Silent after the request, or after half an answer: the wait is bounded."""
+    hold = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.write(answer)
+        await hold.wait()
+        writer.close()
+
+    port = await raw_upstream(handler)
+    pool = UpstreamPool(f"https://127.0.0.1:{port}", pki[2], answer_timeout=0.3)
+    with pytest.raises(UpstreamTimeout, match=r"no answer within 0\.3 s"):
+        await pool.request("GET", "/api/v1/pods", [], None)
+    assert not pool._idle  # never handed to the next request
+    hold.set()
+    pool.close()
+
+
 DownGateway = tuple[str, CollectingSink, aiohttp.ClientSession, dict[str, str]]
 
 
@@ -210,10 +236,20 @@ async def down_cluster_gateway(
 ) -> AsyncIterator[DownGateway]:
     """A gateway whose one cluster, dev-cluster, is down: (its cluster URL, its event sink
     (complete once the session is closed), a client session trusting it, alice's auth)."""
+    url = f"https://127.0.0.1:{free_port()}"
+    async with gateway_to(url, tmp_path, pki) as down:
+        yield down
+
+
+@contextlib.asynccontextmanager
+async def gateway_to(
+    url: str, tmp_path: Path, pki: tuple[Path, ssl.SSLContext, ssl.SSLContext], **options: Any
+) -> AsyncIterator[DownGateway]:
+    """A gateway whose one cluster, dev-cluster, is at `url` (trusting `pki`'s CA)."""
     mint = TokenMint(tmp_path / "access-home")
     sink = CollectingSink()
-    cluster = UpstreamCluster("dev-cluster", f"https://127.0.0.1:{free_port()}", ca=pki[0])
-    gw = KubeGateway({"dev-cluster": cluster}, mint.verify, sink)
+    cluster = UpstreamCluster("dev-cluster", url, ca=pki[0])
+    gw = KubeGateway({"dev-cluster": cluster}, mint.verify, sink, **options)
     gw_ca_path, crt, key = TestCA.create("gw-ca").write(tmp_path / "gw-pki", "gw")
     tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     tls.load_cert_chain(crt, key)
@@ -241,6 +277,31 @@ async def test_an_unreachable_cluster_gets_a_502_status_and_a_kube_request_event
     assert event.user == "alice"
     assert event.response_code == 502  # type: ignore[attr-defined]
     assert event.resource == "pods"  # type: ignore[attr-defined]
+
+
+async def test_a_cluster_that_stops_answering_gets_a_504_status_and_an_event(
+    tmp_path: Path,
+    pki: tuple[Path, ssl.SSLContext, ssl.SSLContext],
+    raw_upstream: Callable[..., Awaitable[int]],
+) -> None:
+    hold = asyncio.Event()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        await hold.wait()
+        writer.close()
+
+    url = f"https://127.0.0.1:{await raw_upstream(silent)}"
+    async with gateway_to(url, tmp_path, pki, answer_timeout=0.3) as (gw, sink, s, auth):
+        async with s.get(f"{gw}/api/v1/namespaces/dev/pods", headers=auth) as r:
+            assert r.status == 504
+            doc = orjson.loads(await r.read())
+        hold.set()
+    assert doc["kind"] == "Status" and doc["reason"] == "Timeout" and doc["code"] == 504
+    assert "cluster dev-cluster stopped answering: no answer within 0.3 s" in doc["message"]
+    (event,) = await request_events(sink)
+    assert event.response_code == 504  # type: ignore[attr-defined]
+    assert "no answer within" in event.error  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize(("method", "retried"), [("GET", True), ("POST", False)])
