@@ -460,13 +460,14 @@ def main() -> None:
             [("gateway", [])] if only_h2 else [("gateway", []), ("gateway_recorded", ["--record"])]
         )
         for name, extra in kinds:
-            args = ["-m", "tests.bench.bench_kube", "--serve-gateway", json.dumps(upstream)]
-            args += ["--workdir", str(work / name), "--settings", settings_json, *extra]
-            proc, gateways[name] = _spawn(args)
+            argv = ["-m", "tests.bench.bench_kube", "--serve-gateway", json.dumps(upstream)]
+            argv += ["--workdir", str(work / name), "--settings", settings_json, *extra]
+            proc, gateways[name] = _spawn(argv)
             procs.append(proc)
             pids[name] = proc.pid
             if gateways[name].get("sender_pid"):
                 pids[name + SENDER] = gateways[name]["sender_pid"]
+        results: dict[str, Any]
         try:
             if only_h2:
                 results = {"h2": asyncio.run(h2_leg(upstream, gateways["gateway"]))}

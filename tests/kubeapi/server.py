@@ -283,7 +283,7 @@ class FakeApiServer:
         await site.start()
         server = site._server
         assert server is not None
-        self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
         self._stopping = asyncio.Event()
         if self.spec.audit_webhook_url:
             self._audit_task = asyncio.create_task(self._audit_loop())
@@ -647,7 +647,7 @@ class FakeApiServer:
                     ChannelEvent(
                         Channel.ERROR, orjson.dumps(status_body(500, "InternalError", str(e)))
                     )
-                )  # type: ignore[arg-type]
+                )
             )
             await ws.close()
             return ws
