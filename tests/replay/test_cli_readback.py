@@ -21,9 +21,12 @@ AUDITCAST = str(Path(sys.executable).with_name("auditcast"))
 ASCIINEMA = str(Path(sys.executable).with_name("asciinema"))
 
 
+def cli_env(s: Settings) -> dict[str, str]:
+    return {"AUDITCAST_HOME": str(s.home), "PATH": "/usr/bin:/bin", "COLUMNS": "200"}
+
+
 def cli(s: Settings, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[bytes]:
-    env = {"AUDITCAST_HOME": str(s.home), "PATH": "/usr/bin:/bin", "COLUMNS": "200"}
-    return subprocess.run([AUDITCAST, *args], env=env, capture_output=True, timeout=timeout)
+    return subprocess.run([AUDITCAST, *args], env=cli_env(s), capture_output=True, timeout=timeout)
 
 
 def record(s: Settings, sid: str, user: str, outputs: list[tuple[float, bytes]], code: int,
@@ -145,9 +148,9 @@ def test_unknown_session_says_so_and_how_to_find_one(home: Settings, tmp_path: P
 
 def test_export_right_after_the_end_waits_for_frames_still_arriving(tmp_path: Path) -> None:
     """session.end stored, the recording's tail still on its way (two topics, two
-    consumers): export waits for the exit frame instead of cutting the recording short."""
-    import threading
-
+    consumers): export waits for the exit frame instead of cutting the recording short.
+    The tail is stored once export says it is waiting (not after a fixed delay, which a
+    slow start-up of the CLI could outlast)."""
     s = Settings(home=tmp_path / "home")
     start = datetime.now(UTC)
     store = SQLiteAuditStore(s.db_path)
@@ -161,11 +164,17 @@ def test_export_right_after_the_end_waits_for_frames_still_arriving(tmp_path: Pa
     exit_frame = Frame(session_id="late", seq=2, t=0.3, kind="x", data=b"0")
     rs = RecordingStore(s.recordings_dir)
     rs.add(frames[:1])
-    late = threading.Timer(1.5, rs.add, args=([frames[1], exit_frame],))
-    late.start()
     raw = tmp_path / "late.raw"
-    out = cli(s, "export", "late", "--raw", "-o", str(raw))
-    late.join()
-    assert out.returncode == 0, out.stderr
+    proc = subprocess.Popen(
+        [AUDITCAST, "export", "late", "--raw", "-o", str(raw)],
+        env=cli_env(s),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stderr is not None
+    said = proc.stderr.readline()  # EOF instead if export did not wait
+    rs.add([frames[1], exit_frame])
+    _, rest = proc.communicate(timeout=30)
+    assert b"waiting for the rest of the recording" in said, said + rest
+    assert proc.returncode == 0, rest
     assert raw.read_bytes() == b"0\n1\n"
-    assert b"waiting for the rest of the recording" in out.stderr
