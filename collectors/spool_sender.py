@@ -45,9 +45,11 @@ from auditcast.logs import setup_logging
 from auditcast.settings import Settings
 
 _PR_SET_PDEATHSIG = 1
-# CFS gives a nice-10 process ~1/9 of a core that a nice-0 one also wants, never none.
-# bench_recorder (100 MB through `auditcast rec`, 2 cores, load 4-5, same hour): output
-# throughput ratio 0.82-0.83 at 10 against 0.56-0.69 at 0.
+# CFS gives a nice-10 process ~1/10 of a core a nice-0 one also wants (weights 110 and
+# 1024), never none.
+# bench_recorder (100 MB through `auditcast rec`, 2 cores, load 4-5, same hour): rec at
+# 52.8-53.9 MB/s (ratio to a bare PTY 0.82-0.83) at 10 against 41.6-49.1 (0.56-0.69) at
+# 0. It matters when the machine is busy; on an idle one the ratio was 0.74 either way.
 NICENESS: Final = 10
 
 
