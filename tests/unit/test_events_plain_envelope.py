@@ -21,9 +21,7 @@ import pytest
 from auditcast.codes import CODE_BY_TYPE
 from auditcast.errors import MalformedMessage
 from auditcast.events import (
-    Chain,
     Event,
-    Identity,
     Source,
     _event_object,
     _validated,
@@ -31,6 +29,7 @@ from auditcast.events import (
     plain_envelope,
     plainly_valid_event,
 )
+from tests.storage.test_event_fast_path import full_event
 
 # --- plainly_valid_event as it was before msgspec (commit 828b729), the reference ------
 
@@ -116,23 +115,6 @@ def decoded(raw: bytes) -> tuple[str, Any]:
 
 
 # --- the corpus ------------------------------------------------------------------------
-
-
-def full_event() -> dict[str, Any]:
-    return Event(
-        type="kube.request",
-        user="alice",
-        credential_id="cred-1",
-        identity=Identity(user="alice", email="a@example.com", groups=["dev"], roles=["r"]),
-        cluster="prod",
-        node="n1",
-        labels={"team": "infra"},
-        session_id="s-1",
-        source=Source(collector="kube", instance="gw-1", remote_addr="10.0.0.7"),
-        chain=Chain(prev="p", hash="h"),
-        verb="get",
-        response_code=200,
-    ).to_dict()
 
 
 ODD_VALUES: list[Any] = [
