@@ -175,8 +175,14 @@ def main() -> None:
         make_text_file(data, THROUGHPUT_BYTES)
         # Diagnostic: the same with the broker unreachable, so the spool only writes to
         # disk and delivery (the spool's sender, the broker's ingest on this machine's
-        # CPUs) is left for later.
-        offline = {**env, "AUDITCAST_KAFKA": f"127.0.0.1:{free_port()}"}
+        # CPUs) is left for later. It has a home (so a spool) of its own: in the
+        # measured one, the next `rec` run's sender would adopt the 100 MB each of these
+        # runs leaves undelivered and send them to the broker while it is measured.
+        offline = {
+            **env,
+            "AUDITCAST_HOME": str(tmp / "home-unreachable"),
+            "AUDITCAST_KAFKA": f"127.0.0.1:{free_port()}",
+        }
         bare_rates, rec_rates, rec_walls, offline_rates = [], [], [], []
         for _ in range(RUNS):
             n, secs = throughput_bare(data)
@@ -213,6 +219,11 @@ def main() -> None:
                     statistics.median(offline_rates) / statistics.median(bare_rates), 3
                 ),
                 "rec_wall_s_incl_delivery": round(statistics.median(rec_walls), 2),
+                # Diagnostics: every run's rate in MB/s, in run order (bare and rec
+                # alternate), so a ratio that moved can be told from a baseline that did.
+                "bare_mb_s_runs": [round(r, 1) for r in bare_rates],
+                "rec_mb_s_runs": [round(r, 1) for r in rec_rates],
+                "broker_unreachable_mb_s_runs": [round(r, 1) for r in offline_rates],
             },
             "load_avg_1m": round(os.getloadavg()[0], 2),
             "targets": {"added_p99_ms": 0.5, "throughput_ratio": 0.8},
