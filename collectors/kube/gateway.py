@@ -47,6 +47,7 @@ from auditcast.collectors.kube.channels import (
 from auditcast.collectors.kube.eventjson import event_json
 from auditcast.collectors.kube.h1client import (
     ANSWER_TIMEOUT,
+    Answer,
     UpstreamPool,
     UpstreamProtocolError,
     UpstreamTimeout,
@@ -60,6 +61,7 @@ from auditcast.collectors.kube.policy import (
     status_doc,
     upstream_headers,
 )
+from auditcast.collectors.kube.quick import Head, RequestConn, answer_of, header_bytes
 from auditcast.collectors.kube.requestinfo import RequestInfo, is_follow_logs, parse_request_info
 from auditcast.collectors.kube.upstreams import UpstreamCluster
 from auditcast.errors import AccessError, InvalidToken, Locked
@@ -146,6 +148,7 @@ class LiveStream:
 @dataclass
 class GatewayStats:
     requests: int = 0
+    quick: int = 0  # of them answered by `answer_quick` (see quick.py)
     refused: int = 0
     lock_closures: list[float] = field(default_factory=list)  # seconds lock-seen → closed
 
@@ -250,6 +253,7 @@ class KubeGateway:
             ssl_context=ssl_context,
             backlog=512,
             max_header_list_size=4 * self.max_header_bytes,
+            quick=self,  # one-shot requests without a body: `answer_quick`, see quick.py
         )
         await site.start()
         self.port = _bound_port(site)
@@ -335,7 +339,47 @@ class KubeGateway:
         return web.Response(status=code, body=orjson.dumps(doc), content_type="application/json")
 
     def _header_bytes(self, request: web.BaseRequest) -> int:
-        return len(request.raw_path) + sum(len(k) + len(v) + 4 for k, v in request.raw_headers)
+        return header_bytes(request.raw_path, request.raw_headers)
+
+    async def answer_quick(self, head: Head, conn: RequestConn, version: str) -> Answer | None:
+        """`handle` for a quick request (see quick.py) that passes every check, without
+        aiohttp's request and response objects; None for anything else (a refusal, a
+        percent-encoded path, oversized headers), which `handle` then answers with its
+        event. Nothing here has an effect before the checks have passed."""
+        t0 = time.monotonic()
+        target, url = head.target, head.url
+        path = target.partition("?")[0]
+        if url is None or not path.startswith(CLUSTER_PREFIX) or "%" in path:
+            return None
+        if header_bytes(target, head.raw_headers) > self.max_header_bytes:
+            return None
+        name, _, rest = path[len(CLUSTER_PREFIX) :].partition("/")
+        cluster = self.clusters.get(name)
+        auth = head.header("authorization") or ""
+        token = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+        if cluster is None or not token:
+            return None
+        try:
+            claims, subject = self._verified(token, cluster.name)
+            self._check_lock(claims, subject)
+            authorize_cluster(claims, cluster.labels, self.roles)
+        except AccessError:
+            return None
+        self.stats.requests += 1
+        self.stats.quick += 1
+        upstream_path = "/" + rest
+        info = parse_request_info(head.method, upstream_path, url.query)
+        event_id = new_event_id()
+        headers = upstream_headers(head.headers, claims, cluster.auth_headers(), event_id)
+        peer = conn.peername
+        base = self._event_fields(
+            cluster, claims, info, event_id, upstream_path,
+            remote=peer[0] if isinstance(peer, tuple) else None,
+            user_agent=head.header("user-agent"), method=head.method, version=version,
+            query=url.query_string,
+        )  # fmt: skip
+        answer = await self._once(cluster, head.method, target, headers, base, t0, None)
+        return answer_of(answer) if isinstance(answer, web.Response) else answer
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         t0 = time.monotonic()
@@ -417,6 +461,27 @@ class KubeGateway:
         event_id: str,
         upstream_path: str,
     ) -> dict[str, Any]:
+        return self._event_fields(
+            cluster, claims, info, event_id, upstream_path,
+            remote=request.remote, user_agent=request.headers.get("User-Agent"),
+            method=request.method, version=http_version(request), query=request.query_string,
+        )  # fmt: skip
+
+    def _event_fields(
+        self,
+        cluster: UpstreamCluster,
+        claims: KubeClaims,
+        info: RequestInfo,
+        event_id: str,
+        upstream_path: str,
+        *,
+        remote: str | None,
+        user_agent: str | None,
+        method: str,
+        version: str,
+        query: str,
+    ) -> dict[str, Any]:
+        """A kube.request event's fields, but for the answer's."""
         return {
             "id": event_id,
             "type": "kube.request",
@@ -427,13 +492,13 @@ class KubeGateway:
             "source": {
                 "collector": "kube-gateway",
                 "instance": self.instance,
-                "remote_addr": request.remote,
-                "user_agent": request.headers.get("User-Agent"),
+                "remote_addr": remote,
+                "user_agent": user_agent,
             },
-            "method": request.method,
-            "http_version": http_version(request),
+            "method": method,
+            "http_version": version,
             "request_path": upstream_path,
-            "request_query": request.query_string,
+            "request_query": query,
             "verb": info.verb,
             "api_group": info.api_group,
             "api_version": info.api_version,
@@ -637,27 +702,45 @@ class KubeGateway:
         t0: float,
         body: bytes | None,
     ) -> web.StreamResponse:
-        """A request answered once (not a watch or logs -f): on the small HTTP/1.1
-        client, the answer read whole and sent back in one write."""
+        """A request answered once (not a watch or logs -f): see `_once`."""
+        answer = await self._once(
+            cluster, request.method, request.raw_path, headers, base, t0, body
+        )
+        if isinstance(answer, web.Response):
+            return answer
+        return web.Response(status=answer.status, body=answer.body, headers=answer.headers)
+
+    async def _once(
+        self,
+        cluster: UpstreamCluster,
+        method: str,
+        raw: str,
+        headers: CIMultiDict[str],
+        base: dict[str, Any],
+        t0: float,
+        body: bytes | None,
+    ) -> Answer | web.Response:
+        """A request answered once, on the small HTTP/1.1 client, the answer read whole:
+        its status, the headers the client gets and its body; or the 502/504 refusal
+        when the cluster did not answer. `raw` is the request target as the client sent
+        it (/cluster/NAME/... and the query)."""
         pool = self._pools[cluster.name]
         prefix = CLUSTER_PREFIX + cluster.name + "/"
-        raw = request.raw_path
         if raw.startswith(prefix):
             target = pool.base_path + raw[len(prefix) - 1 :]
         else:  # the client percent-encoded the prefix itself: forward the decoded form
             target = str(
                 URL.build(path=pool.base_path + base["request_path"]).with_query(
-                    request.query_string
+                    base["request_query"]
                 )
             )
         try:
-            answer = await pool.request(request.method, target, headers.items(), body)
+            answer = await pool.request(method, target, headers.items(), body)
         except UpstreamTimeout as e:
             return self._bad_gateway(base, cluster, str(e), "stopped answering", code=504)
         except (OSError, EOFError, TimeoutError, UpstreamProtocolError) as e:
             what = "answered badly" if isinstance(e, UpstreamProtocolError) else "unreachable"
             return self._bad_gateway(base, cluster, str(e) or type(e).__name__, what)
-        out_headers = _passed_back(answer.headers)
         self._emit(
             {
                 **base,
@@ -667,7 +750,8 @@ class KubeGateway:
                 "bytes_out": len(answer.body),
             }
         )
-        return web.Response(status=answer.status, body=answer.body, headers=out_headers)
+        answer.headers = _passed_back(answer.headers)
+        return answer
 
     # WebSocket streams (exec, attach, port-forward) ---------------------------------------
     async def _websocket(
@@ -981,9 +1065,9 @@ _NOT_PASSED_BACK: Final = frozenset(
 )
 
 
-def _passed_back(headers: Iterable[tuple[str, str]]) -> CIMultiDict[str]:
+def _passed_back(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
     """The upstream's answer headers for the client (repeated ones, e.g. Warning, kept)."""
-    return CIMultiDict((k, v) for k, v in headers if k.lower() not in _NOT_PASSED_BACK)
+    return [(k, v) for k, v in headers if k.lower() not in _NOT_PASSED_BACK]
 
 
 REASON_BY_CODE: Final = {

@@ -4,8 +4,9 @@ GET pods and the like (everything that is answered once, not streamed) are most 
 kubectl's traffic, and aiohttp's general-purpose client spent ~200 µs of Python per
 request on them here (cookie jar, auto headers, tracing hooks, timeouts, connection
 keys). This client does only what the gateway needs: one write of the request head (and
-body) on a kept-alive TLS connection from a per-cluster pool, the answer's head parsed
-by hand, its body read whole by Content-Length, chunked coding or connection close.
+body) on a kept-alive TLS connection from a per-cluster pool, the answer read as its
+bytes arrive (`AnswerReader`: head parsed by hand, body whole by Content-Length, chunked
+coding or connection close), and the request's task woken once, when it is whole.
 Watches, logs -f and upgrades stay on aiohttp.
 
 A pooled connection the upstream has closed is dropped before use. One it closes just
@@ -17,11 +18,10 @@ with ConnectionResetError (aiohttp's rule for persistent connections, and Go's).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ssl
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, cast
 
 from yarl import URL
 
@@ -30,7 +30,6 @@ MAX_HEAD_BYTES: Final = 1024 * 1024  # the apiserver's own header limit
 # gateway's memory. kubectl pages lists (--chunk-size, 500 items by default), so an
 # answer this big is a sign of something wrong, and the client is told so.
 MAX_BODY_BYTES: Final = 256 * 1024 * 1024
-_READ_SIZE: Final = 256 * 1024
 CONNECT_TIMEOUT: Final = 10.0
 # How long a one-shot answer may take, head and body. The apiserver ends a request that
 # is not long-running after 60 s itself (its --request-timeout) with a 504 the client
@@ -123,20 +122,213 @@ def request_head(
     return "".join(parts).encode("utf-8", "surrogateescape")
 
 
-class _Conn:
-    __slots__ = ("reader", "writer")
+class AnswerReader:
+    """Reads one answer off a connection's bytes as they come (no I/O of its own):
+    `feed` returns the `Answer` once it is whole, `ended` when the connection ends.
+    Raises UpstreamProtocolError (an answer we cannot parse, or over the size limits),
+    asyncio.IncompleteReadError (the connection ended inside the answer) and
+    `_FreshConnectionFailed` (it ended before the first byte of one)."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
+    def __init__(self, method: str) -> None:
+        self.method = method
+        self.buffer = bytearray()
+        self.head: Head | None = None
+        self.started = False  # a byte of the answer came
+        self.parts: list[bytes] = []  # chunked / close-delimited body so far
+        self.size = 0
+        self.chunk = -1  # chunked: bytes of the current chunk still to come (-1: a size line)
+        self.trailers = False  # chunked: after the last chunk, reading trailer lines
+        self.leftover = False  # bytes after the answer: the connection is out of step
+
+    def feed(self, data: bytes) -> Answer | None:
+        self.started = True
+        self.buffer += data
+        while self.head is None:  # (again after a 1xx answer)
+            end = self.buffer.find(b"\r\n\r\n")
+            if end < 0:
+                if len(self.buffer) > MAX_HEAD_BYTES:
+                    raise UpstreamProtocolError("answer head over 1 MiB")
+                return None
+            head = parse_head(bytes(self.buffer[: end + 4]))
+            del self.buffer[: end + 4]
+            if not 100 <= head.status < 200:  # 100 Continue and friends: skipped
+                self.head = head
+                if head.length is not None and not head.chunked:
+                    _check_size(head.length)
+        head = self.head
+        if self.method == "HEAD" or head.status in _NO_BODY_CODES:
+            return self._answer(b"")
+        if head.chunked:
+            return self._chunked()
+        if head.length is not None:
+            if len(self.buffer) < head.length:
+                return None
+            with memoryview(self.buffer) as view:
+                body = bytes(view[: head.length])
+            return self._answer(body, head.length)
+        self.size += len(self.buffer)  # close-delimited: everything until the end
+        _check_size(self.size)
+        self.parts.append(bytes(self.buffer))
+        self.buffer.clear()
+        return None
+
+    def ended(self) -> Answer:
+        """The connection ended (EOF or lost): the answer, if it was close-delimited."""
+        head = self.head
+        if head is None:
+            if not self.started:
+                raise _FreshConnectionFailed()
+            raise asyncio.IncompleteReadError(bytes(self.buffer), None)
+        if head.chunked or head.length is not None:
+            raise asyncio.IncompleteReadError(bytes(self.buffer), head.length)
+        head.keep_alive = False
+        return Answer(head.status, head.headers, b"".join(self.parts))
+
+    def _answer(self, body: bytes, used: int = 0) -> Answer:
+        assert self.head is not None
+        self.leftover = len(self.buffer) > used
+        return Answer(self.head.status, self.head.headers, body)
+
+    def reusable(self) -> bool:
+        """After a whole answer: whether the connection may carry the next request."""
+        return self.head is not None and self.head.keep_alive and not self.leftover
+
+    def _chunked(self) -> Answer | None:
+        buf = self.buffer
+        while True:
+            if self.chunk < 0:  # a size line, or (after the last chunk) a trailer line
+                end = buf.find(b"\r\n")
+                if end < 0:
+                    if len(buf) > MAX_HEAD_BYTES:
+                        raise UpstreamProtocolError("answer head over 1 MiB")
+                    return None
+                line = bytes(buf[:end])
+                del buf[: end + 2]
+                if self.trailers:
+                    if not line:  # the blank line after the trailers (dropped)
+                        return self._answer(b"".join(self.parts))
+                    continue
+                size = _chunk_size(line)
+                self.size += size
+                _check_size(self.size)
+                if size == 0:
+                    self.trailers = True
+                else:
+                    self.chunk = size
+            else:
+                if len(buf) < self.chunk + 2:
+                    return None
+                if buf[self.chunk : self.chunk + 2] != b"\r\n":
+                    raise UpstreamProtocolError("chunk not followed by CRLF")
+                self.parts.append(bytes(buf[: self.chunk]))
+                del buf[: self.chunk + 2]
+                self.chunk = -1
+
+
+def _chunk_size(line: bytes) -> int:
+    size_text = line.split(b";", 1)[0].strip()
+    try:
+        if not size_text or size_text.strip(b"0123456789abcdefABCDEF"):
+            raise ValueError(size_text)
+        return int(size_text, 16)
+    except ValueError as e:
+        raise UpstreamProtocolError(f"bad chunk size {size_text[:20]!r}") from e
+
+
+class _Conn(asyncio.Protocol):
+    """One kept-alive upstream connection. The answer to the request in flight is read
+    as its bytes arrive (`AnswerReader`); the request's task wakes once, when it is
+    whole (no stream reader, no wake-up per read)."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.reader: AnswerReader | None = None
+        self.waiter: asyncio.Future[Answer] | None = None
+        self.done = False  # ended (EOF, lost, or bytes nobody asked for): not reusable
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        reader = self.reader
+        if reader is None:  # nothing asked: the connection is out of step
+            self.done = True
+            return
+        try:
+            answer = reader.feed(data)
+        except Exception as e:
+            self._finish(None, e)
+        else:
+            if answer is not None:
+                self.done = self.done or not reader.reusable()
+                self._finish(answer, None)
+
+    def eof_received(self) -> bool | None:
+        self._ended()
+        return None  # the transport closes
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._ended(exc)
+
+    def _ended(self, exc: BaseException | None = None) -> None:
+        self.done = True
+        reader = self.reader
+        if reader is None:
+            return
+        try:
+            answer = reader.ended()
+        except _FreshConnectionFailed as e:
+            if exc is not None:  # lost with an error before any answer: say which
+                e.__cause__ = exc
+            self._finish(None, e)
+        except Exception as e:
+            self._finish(None, e)
+        else:
+            self._finish(answer, None)
+
+    def _finish(self, answer: Answer | None, error: BaseException | None) -> None:
+        self.reader = None
+        waiter = self.waiter
+        if waiter is None or waiter.done():
+            return
+        if error is not None:
+            waiter.set_exception(error)
+        else:
+            waiter.set_result(cast(Answer, answer))
+
+    def usable(self) -> bool:
+        return not self.done and self.transport is not None and not self.transport.is_closing()
+
+    async def exchange(self, method: str, data: bytes, timeout: float) -> Answer:
+        """Send a request and wait (at most `timeout` s) for its whole answer."""
+        assert self.transport is not None and self.reader is None
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[Answer] = loop.create_future()
+        self.waiter = waiter
+        self.reader = AnswerReader(method)
+        expire = loop.call_later(timeout, self._expire, waiter, timeout)
+        try:
+            self.transport.write(data)
+            return await waiter
+        finally:
+            expire.cancel()
+            self.waiter = None
+
+    def _expire(self, waiter: asyncio.Future[Answer], timeout: float) -> None:
+        if not waiter.done():
+            waiter.set_exception(
+                UpstreamTimeout(f"no answer within {timeout:g} s of sending the request")
+            )
 
     def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.writer.close()
+        self.done = True
+        self.reader = None
+        if self.transport is not None:
+            self.transport.close()
 
 
 class _FreshConnectionFailed(Exception):
-    pass
+    """The connection ended before a byte of the answer came."""
 
 
 class UpstreamPool:
@@ -157,17 +349,18 @@ class UpstreamPool:
         self._idle: list[_Conn] = []
 
     async def _connect(self) -> _Conn:
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(
+        loop = asyncio.get_running_loop()
+        _, conn = await asyncio.wait_for(
+            loop.create_connection(
+                _Conn,
                 self.host,
                 self.port,
                 ssl=self.ssl,
                 server_hostname=self.host if self.ssl else None,
-                limit=MAX_HEAD_BYTES,
             ),
             CONNECT_TIMEOUT,
         )
-        return _Conn(reader, writer)
+        return conn
 
     async def request(
         self, method: str, target: str, headers: Iterable[tuple[str, str]], body: bytes | None
@@ -180,11 +373,11 @@ class UpstreamPool:
             data += body
         while self._idle:
             conn = self._idle.pop()
-            if conn.writer.is_closing() or conn.reader.at_eof():
+            if not conn.usable():
                 conn.close()
                 continue
             try:
-                return await self._exchange(conn, method, data, reused=True)
+                return await self._exchange(conn, method, data)
             except _FreshConnectionFailed as e:
                 if method not in IDEMPOTENT:
                     raise ConnectionResetError(
@@ -193,60 +386,24 @@ class UpstreamPool:
                 # closed by the upstream as we reused it: on to the next (or a new) one
         conn = await self._connect()
         try:
-            return await self._exchange(conn, method, data, reused=False)
+            return await self._exchange(conn, method, data)
         except _FreshConnectionFailed as e:
+            cause = e.__cause__
+            if isinstance(cause, OSError):  # lost with an error (reset): that one
+                raise cause from None
             raise ConnectionResetError("the upstream closed the connection unanswered") from e
 
-    async def _exchange(self, conn: _Conn, method: str, data: bytes, reused: bool) -> Answer:
-        deadline = asyncio.timeout(self.answer_timeout)
+    async def _exchange(self, conn: _Conn, method: str, data: bytes) -> Answer:
         try:
-            async with deadline:
-                return await self._answer(conn, method, data, reused)
-        except TimeoutError:
-            if not deadline.expired():  # a socket's own ETIMEDOUT: connection lost
-                raise
-            raise UpstreamTimeout(
-                f"no answer within {self.answer_timeout:g} s of sending the request"
-            ) from None
-
-    async def _answer(self, conn: _Conn, method: str, data: bytes, reused: bool) -> Answer:
-        reader = conn.reader
-        try:
-            conn.writer.write(data)
-            try:
-                raw = await reader.readuntil(b"\r\n\r\n")
-            except asyncio.IncompleteReadError as e:
-                if not e.partial:
-                    raise _FreshConnectionFailed() from e
-                raise
-            except (ConnectionError, OSError) as e:
-                if reused:
-                    raise _FreshConnectionFailed() from e
-                raise
-            head = parse_head(raw)
-            while 100 <= head.status < 200:  # 100 Continue and friends: skip
-                head = parse_head(await reader.readuntil(b"\r\n\r\n"))
-            if method == "HEAD" or head.status in _NO_BODY_CODES:
-                body = b""
-            elif head.chunked:
-                body = await _read_chunked(reader)
-            elif head.length is not None:
-                _check_size(head.length)
-                body = await reader.readexactly(head.length)
-            else:
-                body = await _read_to_close(reader)
-                head.keep_alive = False
-        except asyncio.LimitOverrunError as e:
-            conn.close()
-            raise UpstreamProtocolError("answer head over 1 MiB") from e
+            answer = await conn.exchange(method, data, self.answer_timeout)
         except BaseException:
             conn.close()
             raise
-        if head.keep_alive and len(self._idle) < MAX_IDLE:
+        if conn.usable() and len(self._idle) < MAX_IDLE:
             self._idle.append(conn)
         else:
             conn.close()
-        return Answer(head.status, head.headers, body)
+        return answer
 
     def close(self) -> None:
         for c in self._idle:
@@ -260,36 +417,3 @@ def _check_size(size: int) -> None:
             f"answer of {size} bytes or more is over the gateway's {MAX_BODY_BYTES}-byte "
             "limit for one-shot answers; ask for less (kubectl --chunk-size, a selector)"
         )
-
-
-async def _read_to_close(reader: asyncio.StreamReader) -> bytes:
-    parts: list[bytes] = []
-    size = 0
-    while chunk := await reader.read(_READ_SIZE):
-        size += len(chunk)
-        _check_size(size)
-        parts.append(chunk)
-    return b"".join(parts)
-
-
-async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
-    parts: list[bytes] = []
-    total = 0
-    while True:
-        line = await reader.readuntil(b"\r\n")
-        size_text = line.split(b";", 1)[0].strip()
-        try:
-            if not size_text or size_text.strip(b"0123456789abcdefABCDEF"):
-                raise ValueError(size_text)
-            size = int(size_text, 16)
-        except ValueError as e:
-            raise UpstreamProtocolError(f"bad chunk size {size_text[:20]!r}") from e
-        total += size
-        _check_size(total)
-        if size == 0:
-            while (await reader.readuntil(b"\r\n")) != b"\r\n":
-                pass  # trailers: dropped
-            return b"".join(parts)
-        parts.append(await reader.readexactly(size))
-        if await reader.readexactly(2) != b"\r\n":
-            raise UpstreamProtocolError("chunk not followed by CRLF")

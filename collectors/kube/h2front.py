@@ -9,6 +9,10 @@ HTTP/1.1 exchange with a fresh aiohttp `RequestHandler`: the request is written 
 with h11, its answer is read back with h11 and sent as HEADERS and DATA on the stream.
 The policy code (tokens, locks, labels, MFA, impersonation, events, streaming, Status
 refusals) therefore exists once, in `KubeGateway.handle`; this module only moves bytes.
+A quick stream (a request without a body that cannot be a watch: see `quick`) skips the
+HTTP/1.1 round trip: its head goes to the gateway's `answer_quick` (or `handle`, for a
+refusal) as it is, and the whole answer comes back as one HEADERS + DATA. The http/1.1
+connections get an `H1Front`, which does the same for theirs (see h1front.py).
 
 The in-memory exchange (`_StreamBridge`) is the aiohttp handler's transport, so:
 - `request.remote` is the h2 client's real address (no header to trust: nothing else
@@ -45,6 +49,18 @@ import hpack.hpack
 from aiohttp import web
 from aiohttp.tcp_helpers import tcp_nodelay
 from h2.errors import ErrorCodes
+
+from auditcast.collectors.kube.h1front import H1Front
+from auditcast.collectors.kube.quick import (
+    Head,
+    QuickService,
+    RequestConn,
+    answer_of,
+    h2_answer,
+    h2_head,
+    make_request,
+    quick_url,
+)
 
 log = logging.getLogger("auditcast.kube.h2")
 
@@ -123,11 +139,13 @@ class AlpnSite(web.TCPSite):
         ssl_context: ssl.SSLContext,
         backlog: int = 128,
         max_header_list_size: int,
+        quick: QuickService | None = None,
     ) -> None:
         offer_h2(ssl_context)
         cache_huffman_decoding()
         super().__init__(runner, host, port, ssl_context=ssl_context, backlog=backlog)
         self.max_header_list_size = max_header_list_size
+        self.quick = quick
         self.fronts: set[H2Front] = set()
 
     async def start(self) -> None:
@@ -148,8 +166,8 @@ class AlpnSite(web.TCPSite):
         server = self._runner.server
         assert server is not None
         if alpn != "h2":
-            return server()
-        return H2Front(server, self.max_header_list_size, self.fronts)
+            return server() if self.quick is None else H1Front(server, self.quick)
+        return H2Front(server, self.max_header_list_size, self.fronts, self.quick)
 
     async def stop(self) -> None:
         for front in list(self.fronts):
@@ -179,14 +197,17 @@ class H2Front(asyncio.Protocol):
         server: Callable[[], asyncio.Protocol],
         max_header_list_size: int,
         registry: set[H2Front] | None = None,
+        quick: QuickService | None = None,
     ) -> None:
         self.server = server
+        self.quick = quick
         self.max_header_list_size = max_header_list_size
         self.registry = registry if registry is not None else set()
         self.conn = h2.connection.H2Connection(
             h2.config.H2Configuration(client_side=False, header_encoding=None)
         )
         self.transport: asyncio.Transport | None = None
+        self.request_conn: RequestConn | None = None  # what a quick request reads of us
         self.streams: dict[int, _StreamBridge] = {}
         self.frames = FrameGuard(self.conn.max_inbound_frame_size, max_header_list_size)
         self.write_paused = False
@@ -199,9 +220,10 @@ class H2Front(asyncio.Protocol):
         # a full transport (asyncio's, or uvloop's, which does not subclass asyncio's)
         self.transport = cast(asyncio.Transport, transport)
         self.peer = transport.get_extra_info("peername")
+        self.request_conn = RequestConn(_StreamInfo(self.transport))
         # HEADERS and DATA go out as separate small writes: without this, Nagle holds
         # the second one for the client's delayed ACK (aiohttp does the same for h1)
-        tcp_nodelay(transport, True)
+        tcp_nodelay(self.transport, True)
         self.registry.add(self)
         self.conn.local_settings = h2.settings.Settings(
             client=False,
@@ -300,6 +322,8 @@ class H2Front(asyncio.Protocol):
     def _open(self, event: h2.events.RequestReceived) -> None:
         stream_id = event.stream_id or 0
         bridge = _StreamBridge(self, stream_id)
+        if self.quick is not None and self._open_quick(bridge, event):
+            return
         try:
             head = bridge.h1.send(_h1_request(event.headers or [], event.stream_ended is not None))
         except (h11.LocalProtocolError, ValueError) as e:
@@ -310,11 +334,51 @@ class H2Front(asyncio.Protocol):
             )
             self.conn.reset_stream(stream_id, ErrorCodes.PROTOCOL_ERROR)
             return
+        self._opened(bridge)
+        bridge.start(head or b"")  # the StreamEnded event that may follow ends the body
+
+    def _opened(self, bridge: _StreamBridge) -> None:
         if self._idle is not None:
             self._idle.cancel()
             self._idle = None
-        self.streams[stream_id] = bridge
-        bridge.start(head or b"")  # the StreamEnded event that may follow ends the body
+        self.streams[bridge.stream_id] = bridge
+
+    def _open_quick(self, bridge: _StreamBridge, event: h2.events.RequestReceived) -> bool:
+        """Serve a quick request (see `quick`) with the gateway directly, not through an
+        HTTP/1.1 exchange; False (nothing done) when it is not quick."""
+        head = h2_head(event.headers or [], event.stream_ended is not None)
+        if head is None:
+            return False
+        head.url = quick_url(head)
+        if head.url is None:
+            return False
+        bridge.body_done = True
+        self._opened(bridge)
+        bridge.task = asyncio.ensure_future(self._answer_quick(bridge, head))
+        return True
+
+    async def _answer_quick(self, bridge: _StreamBridge, head: Head) -> None:
+        service, conn = self.quick, self.request_conn
+        assert service is not None and conn is not None
+        try:
+            answer = await service.answer_quick(head, conn, "2")
+            if answer is None:  # a refusal or anything unusual: the full request path
+                request = make_request(head, conn, asyncio.get_running_loop())
+                answer = answer_of(await service.handle(request))
+            block, body = h2_answer(head.method, answer)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("the gateway failed on an http/2 request")
+            self.reset(bridge)
+            return
+        if bridge.closed:
+            return
+        bridge.head = block
+        bridge.pending += body
+        bridge.answered = True
+        self.flush(bridge)
+        self._send()
 
     # sending ----------------------------------------------------------------------------
     def flush(self, bridge: _StreamBridge) -> None:
@@ -469,6 +533,7 @@ class _StreamBridge(asyncio.Transport):
         self.stream_id = stream_id
         self.h1 = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_ANSWER_HEADER_BYTES)
         self.handler: asyncio.Protocol | None = None
+        self.task: asyncio.Future[None] | None = None  # a quick request's handler
         self.head: list[tuple[bytes, bytes]] | None = None
         self.pending = bytearray()
         self.answered = False  # the whole answer is in `pending` (then END_STREAM)
@@ -519,6 +584,8 @@ class _StreamBridge(asyncio.Transport):
             return
         self.closed = True
         self.pending.clear()
+        if self.task is not None:
+            self.task.cancel()  # as aiohttp cancels the handler of a lost connection
         if self.handler is not None:
             self.handler.connection_lost(exc)
 
@@ -605,6 +672,19 @@ class _StreamBridge(asyncio.Transport):
         elif self.handler_paused and len(self.pending) <= STREAM_LOW_WATER:
             self.handler_paused = False
             handler.resume_writing()
+
+
+class _StreamInfo:
+    """A quick h2 request's view of its connection: the transport's extra info, and
+    `HTTP_VERSION` "2" (see `http_version`)."""
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == HTTP_VERSION:
+            return "2"
+        return self.transport.get_extra_info(name, default)
 
 
 def _h1_request(headers: list[tuple[bytes, bytes]], ended: bool) -> h11.Request:

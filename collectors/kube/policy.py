@@ -101,7 +101,7 @@ def impersonation(claims: KubeClaims) -> tuple[str, list[str]]:
 
 
 def upstream_headers(
-    incoming: CIMultiDictProxy[str] | CIMultiDict[str],
+    incoming: CIMultiDictProxy[str] | CIMultiDict[str] | list[tuple[str, str]],
     claims: KubeClaims,
     auth: Mapping[str, str],
     audit_id: str,
@@ -110,7 +110,7 @@ def upstream_headers(
 ) -> CIMultiDict[str]:
     """Client headers minus hop-by-hop, credentials and Impersonate-*, plus ours."""
     out: CIMultiDict[str] = CIMultiDict()
-    for k, v in incoming.items():
+    for k, v in incoming if isinstance(incoming, list) else incoming.items():
         lk = k.lower()
         if lk in STRIPPED or lk.startswith(STRIPPED_PREFIXES):
             continue
