@@ -309,6 +309,17 @@ class KubeGateway:
             )
 
     # the request path ------------------------------------------------------------------
+    def _admit(self, token: str, cluster: UpstreamCluster) -> tuple[KubeClaims, Any]:
+        """Every check a request passes before it is forwarded (token, lock, the roles'
+        cluster labels and MFA), for `handle` and `answer_quick` alike; raises
+        AccessError. Returns the token's claims and lock subject."""
+        if not token:
+            raise InvalidToken("no bearer token: kubectl must use the auditcast exec plugin")
+        claims, subject = self._verified(token, cluster.name)
+        self._check_lock(claims, subject)
+        authorize_cluster(claims, cluster.labels, self.roles)
+        return claims, subject
+
     def _verified(self, token: str, cluster: str) -> tuple[KubeClaims, Any]:
         """The token's claims and lock subject (which follows from the claims alone)."""
         now = time.time()
@@ -357,12 +368,10 @@ class KubeGateway:
         cluster = self.clusters.get(name)
         auth = head.header("authorization") or ""
         token = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
-        if cluster is None or not token:
+        if cluster is None:
             return None
         try:
-            claims, subject = self._verified(token, cluster.name)
-            self._check_lock(claims, subject)
-            authorize_cluster(claims, cluster.labels, self.roles)
+            claims, _ = self._admit(token, cluster)
         except AccessError:
             return None
         self.stats.requests += 1
@@ -419,11 +428,7 @@ class KubeGateway:
         auth = request.headers.get("Authorization", "")
         token = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
         try:
-            if not token:
-                raise InvalidToken("no bearer token: kubectl must use the auditcast exec plugin")
-            claims, subject = self._verified(token, cluster.name)
-            self._check_lock(claims, subject)
-            authorize_cluster(claims, cluster.labels, self.roles)
+            claims, subject = self._admit(token, cluster)
         except AccessError as err:
             self._auth_failed(request, cluster, err.message, token, err)
             return self._refuse(err.http_status, refusal(err), request)
