@@ -741,6 +741,18 @@ class KubeGateway:
             )
         try:
             answer = await pool.request(method, target, headers.items(), body)
+        except asyncio.CancelledError:
+            # the client hung up first; the cluster may have acted on the request all the
+            # same (and its audit log has our Audit-ID): it is recorded, unanswered
+            self._emit(
+                {
+                    **base,
+                    "error": "the client closed the connection before the answer",
+                    "latency_ms": round((time.monotonic() - t0) * 1000, 3),
+                    "bytes_in": len(body or b""),
+                }
+            )
+            raise
         except UpstreamTimeout as e:
             return self._bad_gateway(base, cluster, str(e), "stopped answering", code=504)
         except (OSError, EOFError, TimeoutError, UpstreamProtocolError) as e:

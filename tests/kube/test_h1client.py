@@ -444,3 +444,34 @@ async def test_an_exec_upgrade_to_an_unreachable_cluster_gets_a_502_and_an_event
     assert event.user == "alice"
     assert event.response_code == 502  # type: ignore[attr-defined]
     assert event.subresource == "exec"  # type: ignore[attr-defined]
+
+
+async def test_a_client_that_hangs_up_ends_the_upstream_request_and_it_is_recorded(
+    tmp_path: Path,
+    pki: tuple[Path, ssl.SSLContext, ssl.SSLContext],
+    raw_upstream: Callable[..., Awaitable[int]],
+) -> None:
+    """kubectl interrupted (Ctrl-C) while the cluster works on its request: the gateway
+    drops its upstream connection too, and the request, which the cluster did get, is
+    in the audit log as unanswered."""
+    got_request, upstream_saw_close = asyncio.Event(), asyncio.Event()
+
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        got_request.set()
+        if not await reader.read(1):  # EOF: the gateway hung up on us
+            upstream_saw_close.set()
+        writer.close()
+
+    url = f"https://127.0.0.1:{await raw_upstream(slow)}"
+    async with gateway_to(url, tmp_path, pki) as (gw, sink, s, auth):
+        call = asyncio.ensure_future(s.get(f"{gw}/api/v1/namespaces/dev/pods", headers=auth))
+        await asyncio.wait_for(got_request.wait(), 10)
+        call.cancel()  # the client gives up: aiohttp closes its connection
+        with contextlib.suppress(asyncio.CancelledError):
+            await call
+        await asyncio.wait_for(upstream_saw_close.wait(), 10)
+        (event,) = await request_events(sink)
+    assert event.user == "alice" and event.verb == "list"  # type: ignore[attr-defined]
+    assert "closed the connection before the answer" in event.error  # type: ignore[attr-defined]
+    assert getattr(event, "response_code", None) is None
