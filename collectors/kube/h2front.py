@@ -57,6 +57,7 @@ from auditcast.collectors.kube.quick import (
     RequestConn,
     answer_of,
     h2_answer,
+    h2_fields,
     h2_head,
     make_request,
     quick_url,
@@ -689,23 +690,9 @@ class _StreamInfo:
 
 def _h1_request(headers: list[tuple[bytes, bytes]], ended: bool) -> h11.Request:
     """The HTTP/1.1 request for an h2 request head (RFC 9113 §8.3.1)."""
-    pseudo: dict[bytes, bytes] = {}
-    fields: list[tuple[bytes, bytes]] = []
-    cookies: list[bytes] = []
-    host = b""
-    length = False
-    for name, value in headers:
-        if name.startswith(b":"):
-            pseudo[name] = value
-        elif name == b"cookie":
-            cookies.append(value)
-        elif name == b"host":
-            host = host or value
-        elif name not in HOP_BY_HOP:
-            length = length or name == b"content-length"
-            fields.append((name, value))
-    if cookies:
-        fields.append((b"cookie", b"; ".join(cookies)))
+    pseudo, all_fields, host = h2_fields(headers)
+    fields = [(name, value) for name, value in all_fields if name not in HOP_BY_HOP]
+    length = any(name == b"content-length" for name, _ in fields)
     if not ended and not length:
         fields.append((b"transfer-encoding", b"chunked"))
     fields.append((b"connection", b"close"))

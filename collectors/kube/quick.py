@@ -123,14 +123,13 @@ def parse_head(raw: bytes) -> Head | None:
     return Head(method.decode(), target.decode(), headers, tuple(pairs))
 
 
-def h2_head(headers: Iterable[tuple[bytes, bytes]], ended: bool) -> Head | None:
-    """The head of an h2 request (RFC 9113 §8.3.1: pseudo-headers, `cookie` crumbs
-    joined, `:authority` as Host), or None when it is not quick: it has a body (`ended`
-    False: the stream goes on after its HEADERS) or is not quick in form."""
-    if not ended:
-        return None
+def h2_fields(
+    headers: Iterable[tuple[bytes, bytes]],
+) -> tuple[dict[bytes, bytes], list[tuple[bytes, bytes]], bytes]:
+    """An h2 request head's pseudo-headers, its other fields (`cookie` crumbs joined into
+    one, last: RFC 9113 §8.2.3) and its `host` field."""
     pseudo: dict[bytes, bytes] = {}
-    pairs: list[tuple[bytes, bytes]] = []
+    fields: list[tuple[bytes, bytes]] = []
     cookies: list[bytes] = []
     host = b""
     for name, value in headers:
@@ -141,9 +140,19 @@ def h2_head(headers: Iterable[tuple[bytes, bytes]], ended: bool) -> Head | None:
         elif name == b"host":
             host = host or value
         else:
-            pairs.append((name, value))
+            fields.append((name, value))
     if cookies:
-        pairs.append((b"cookie", b"; ".join(cookies)))
+        fields.append((b"cookie", b"; ".join(cookies)))
+    return pseudo, fields, host
+
+
+def h2_head(headers: Iterable[tuple[bytes, bytes]], ended: bool) -> Head | None:
+    """The head of an h2 request (RFC 9113 §8.3.1: `:authority` as Host), or None when
+    it is not quick: it has a body (`ended` False: the stream goes on after its HEADERS)
+    or is not quick in form."""
+    if not ended:
+        return None
+    pseudo, pairs, host = h2_fields(headers)
     authority = pseudo.get(b":authority") or host
     if authority:
         pairs.insert(0, (b"host", authority))
