@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import select
 import shutil
 import statistics
@@ -130,6 +131,52 @@ def drain_timed(fd: int) -> tuple[int, float]:
     return total, last - first
 
 
+def process_cpu_s(pid: int | None) -> float:
+    """CPU seconds (user + system) a running process has used so far; 0 if unknown."""
+    if pid is None:
+        return 0.0
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU seconds a throughput run cost, by who spent them (a diagnostic).
+
+    `reader`: this process (the bench's side of the PTY or pipe); `tree`: the children
+    reaped during the run (bare: `cat`; rec: `auditcast rec`, its `cat` and its spool
+    sender child); `broker`: the embedded broker. Less noisy than MB/s on a shared
+    machine: it tells a cheaper recorder from a luckier run.
+    """
+
+    def __init__(self, broker_pid: int | None) -> None:
+        self.broker_pid = broker_pid
+
+    def _now(self) -> tuple[float, float, float]:
+        me = resource.getrusage(resource.RUSAGE_SELF)
+        kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return (
+            me.ru_utime + me.ru_stime,
+            kids.ru_utime + kids.ru_stime,
+            process_cpu_s(self.broker_pid),
+        )
+
+    def start(self) -> None:
+        self._t0 = self._now()
+
+    def stop(self) -> dict[str, float]:
+        t1 = self._now()
+        reader, tree, broker = (b - a for a, b in zip(self._t0, t1, strict=True))
+        return {"reader": reader, "tree": tree, "broker": broker}
+
+
+def median_cpu(runs: list[dict[str, float]]) -> dict[str, float]:
+    return {k: round(statistics.median(r[k] for r in runs), 2) for k in runs[0]}
+
+
 def throughput_bare(path: Path) -> tuple[int, float]:
     proc, master = spawn_on_pty(["cat", str(path)])
     try:
@@ -184,10 +231,17 @@ def main() -> None:
             "AUDITCAST_KAFKA": f"127.0.0.1:{free_port()}",
         }
         bare_rates, rec_rates, rec_walls, offline_rates = [], [], [], []
+        meter = CpuMeter(broker.proc.pid if broker.proc else None)
+        bare_cpu: list[dict[str, float]] = []
+        rec_cpu: list[dict[str, float]] = []
         for _ in range(RUNS):
+            meter.start()
             n, secs = throughput_bare(data)
+            bare_cpu.append(meter.stop())
             bare_rates.append(n / secs / 1e6)
+            meter.start()
             n_rec, secs_rec, wall = throughput_rec(data, env)
+            rec_cpu.append(meter.stop())
             if n_rec != n:
                 raise AssertionError(f"rec passed {n_rec} bytes, bare PTY {n}")
             rec_rates.append(n_rec / secs_rec / 1e6)
@@ -224,6 +278,10 @@ def main() -> None:
                 "bare_mb_s_runs": [round(r, 1) for r in bare_rates],
                 "rec_mb_s_runs": [round(r, 1) for r in rec_rates],
                 "broker_unreachable_mb_s_runs": [round(r, 1) for r in offline_rates],
+                # Diagnostics: median CPU seconds of one run (see CpuMeter); rec's
+                # include its start-up and the delivery after the last byte.
+                "bare_cpu_s": median_cpu(bare_cpu),
+                "rec_cpu_s": median_cpu(rec_cpu),
             },
             "load_avg_1m": round(os.getloadavg()[0], 2),
             "targets": {"added_p99_ms": 0.5, "throughput_ratio": 0.8},
