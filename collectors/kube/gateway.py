@@ -366,12 +366,10 @@ class KubeGateway:
             return None
         name, _, rest = path[len(CLUSTER_PREFIX) :].partition("/")
         cluster = self.clusters.get(name)
-        auth = head.header("authorization") or ""
-        token = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
         if cluster is None:
             return None
         try:
-            claims, _ = self._admit(token, cluster)
+            claims, _ = self._admit(_bearer(head.header("authorization")), cluster)
         except AccessError:
             return None
         self.stats.requests += 1
@@ -425,8 +423,7 @@ class KubeGateway:
                 404, status_doc(404, "NotFound", f"auditcast: unknown cluster {name!r}"), request
             )
         upstream_path = "/" + rest
-        auth = request.headers.get("Authorization", "")
-        token = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+        token = _bearer(request.headers.get("Authorization"))
         try:
             claims, subject = self._admit(token, cluster)
         except AccessError as err:
@@ -1080,6 +1077,12 @@ class KubeGateway:
 _NOT_PASSED_BACK: Final = frozenset(
     {"transfer-encoding", "connection", "keep-alive", "content-length"}
 )
+
+
+def _bearer(authorization: str | None) -> str:
+    """The token of an `Authorization: Bearer ...` header ("" for none or another scheme)."""
+    auth = authorization or ""
+    return auth[7:].strip() if auth[:7].lower() == "bearer " else ""
 
 
 def _passed_back(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
