@@ -52,6 +52,7 @@ from h2.errors import ErrorCodes
 
 from auditcast.collectors.kube.h1front import H1Front
 from auditcast.collectors.kube.quick import (
+    HOP_BY_HOP_NAMES,
     Head,
     QuickService,
     RequestConn,
@@ -81,9 +82,7 @@ IDLE_TIMEOUT: Final = 75.0
 # The upstream's answer headers pass through h11 here; the apiserver itself allows 1 MiB.
 MAX_ANSWER_HEADER_BYTES: Final = 1024 * 1024
 # Headers that only mean something on one HTTP/1.1 hop (RFC 9113 §8.2.2).
-HOP_BY_HOP: Final = frozenset(
-    {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"te"}
-)
+HOP_BY_HOP: Final = frozenset(name.encode() for name in HOP_BY_HOP_NAMES)
 
 
 # hpack decodes Huffman-coded strings in pure Python, at about 1 µs a byte. curl and the

@@ -45,14 +45,17 @@ from auditcast.collectors.kube.h1client import Answer
 # A head longer than this is left to aiohttp (and the gateway's 431 for big headers).
 MAX_QUICK_HEAD: Final = 64 * 1024
 
-_TOKEN: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_TOKEN_CLASS: Final = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]"  # RFC 9110 tchar
+_TARGET_CLASS: Final = rb"[\x21\x22\x24-\x7e]"  # visible ASCII, no '#'
+_VALUE_CLASS: Final = rb"[\t\x20-\x7e\x80-\xff]"  # HTAB allowed, no CR/LF/NUL/DEL
+_TOKEN: Final = re.compile(_TOKEN_CLASS + rb"+")
 _METHOD: Final = re.compile(rb"[A-Z]+")
-_TARGET: Final = re.compile(rb"/[\x21-\x22\x24-\x7e]*")  # visible ASCII, no '#'
-_VALUE: Final = re.compile(rb"[^\x00-\x08\x0a-\x1f\x7f]*")  # HTAB allowed, no CR/LF/NUL
+_TARGET: Final = re.compile(rb"/" + _TARGET_CLASS + rb"*")
+_VALUE: Final = re.compile(_VALUE_CLASS + rb"*")
 # A whole HTTP/1.1 request head of the forms above, checked in one pass.
 _H1_HEAD: Final = re.compile(
-    rb"[A-Z]+ /[\x21\x22\x24-\x7e]* HTTP/1\.1"
-    rb"(?:\r\n[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*)*"
+    rb"[A-Z]+ /" + _TARGET_CLASS + rb"* HTTP/1\.1"
+    rb"(?:\r\n" + _TOKEN_CLASS + rb"+:" + _VALUE_CLASS + rb"*)*"
 )
 # Header names that need a closer look (`_NOT_QUICK_HEADERS`, Content-Length, Connection).
 _SPECIAL: Final = re.compile(
@@ -65,8 +68,8 @@ _NOT_QUICK_HEADERS: Final = frozenset(
 )
 # Answers without a body (RFC 9110 §6.4.1) and without Content-Length (204, 1xx).
 _EMPTY_CODES: Final = frozenset({204, 304})
-# Per-hop headers an h2 answer must not carry (RFC 9113 §8.2.2).
-_HOP_BY_HOP: Final = frozenset(
+# Per-hop headers an h2 message must not carry (RFC 9113 §8.2.2), nor a relayed answer.
+HOP_BY_HOP_NAMES: Final = frozenset(
     {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "te"}
 )
 _REASONS: Final = {s.value: s.phrase for s in HTTPStatus}
@@ -285,42 +288,39 @@ class _Clock:
 _CLOCK: Final = _Clock()
 
 
-def h1_answer(method: str, answer: Answer, keep_alive: bool) -> bytes:
-    """An answer as HTTP/1.1 bytes: head and body (its Content-Length and hop-by-hop
-    headers are ours to set, not the answer's)."""
-    status = answer.status
-    data, length = _body(method, status, answer.body)
+def _fields(method: str, answer: Answer) -> tuple[bytes, list[tuple[str, str]]]:
+    """The body that goes out and the answer's header fields as sent: its own minus the
+    hop-by-hop ones and Content-Length, then ours (Content-Length, Date if it had none)."""
+    data, length = _body(method, answer.status, answer.body)
     _check(answer.headers)
-    lines = [f"HTTP/1.1 {status} {_REASONS.get(status, '')}"]
+    fields: list[tuple[str, str]] = []
     date = False
     for k, v in answer.headers:
         name = k.lower()
-        if name not in _HOP_BY_HOP and name != "content-length":
-            lines.append(f"{k}: {v}")
+        if name not in HOP_BY_HOP_NAMES and name != "content-length":
+            fields.append((k, v))
             date = date or name == "date"
     if length is not None:
-        lines.append(f"Content-Length: {length}")
+        fields.append(("Content-Length", length))
     if not date:
-        lines.append(f"Date: {_CLOCK.date()}")
+        fields.append(("Date", _CLOCK.date()))
+    return data, fields
+
+
+def h1_answer(method: str, answer: Answer, keep_alive: bool) -> bytes:
+    """An answer as HTTP/1.1 bytes: head and body (its Content-Length and hop-by-hop
+    headers are ours to set, not the answer's)."""
+    data, fields = _fields(method, answer)
+    lines = [f"HTTP/1.1 {answer.status} {_REASONS.get(answer.status, '')}"]
+    lines += [f"{k}: {v}" for k, v in fields]
     if not keep_alive:
         lines.append("Connection: close")
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + data
 
 
 def h2_answer(method: str, answer: Answer) -> tuple[list[tuple[bytes, bytes]], bytes]:
-    """An answer as an h2 header block and body."""
-    status = answer.status
-    data, length = _body(method, status, answer.body)
-    _check(answer.headers)
-    head = [(b":status", str(status).encode())]
-    date = False
-    for k, v in answer.headers:
-        name = k.lower()
-        if name not in _HOP_BY_HOP and name != "content-length":
-            head.append((name.encode(), v.encode()))
-            date = date or name == "date"
-    if length is not None:
-        head.append((b"content-length", length.encode()))
-    if not date:
-        head.append((b"date", _CLOCK.date().encode()))
+    """An answer as an h2 header block (lower-case names) and body."""
+    data, fields = _fields(method, answer)
+    head = [(b":status", str(answer.status).encode())]
+    head += [(k.lower().encode(), v.encode()) for k, v in fields]
     return head, data
