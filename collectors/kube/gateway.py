@@ -37,10 +37,7 @@ from yarl import URL
 from auditcast.collectors.kube.channels import (
     CHANNEL_PROTOCOLS,
     KNOWN_PROTOCOLS,
-    Channel,
     ChannelCodec,
-    ChannelEvent,
-    MalformedFrame,
     negotiate,
     parse_protocol_header,
 )
@@ -64,6 +61,22 @@ from auditcast.collectors.kube.policy import (
 from auditcast.collectors.kube.quick import Head, RequestConn, answer_of, header_bytes
 from auditcast.collectors.kube.requestinfo import RequestInfo, is_follow_logs, parse_request_info
 from auditcast.collectors.kube.upstreams import UpstreamCluster
+from auditcast.collectors.kube.wsframes import (
+    HandshakeError,
+    accept_key,
+    check_client_handshake,
+    check_server_handshake,
+    new_key,
+)
+from auditcast.collectors.kube.wsrelay import (
+    CLOSE_TIMEOUT,
+    ByteRelay,
+    ChannelTap,
+    ClientSide,
+    RawReader,
+    UpstreamConn,
+    WsRelay,
+)
 from auditcast.errors import AccessError, InvalidToken, Locked
 from auditcast.events import Event, Source, new_event_id
 from auditcast.topics import EVENTS_RAW
@@ -78,8 +91,6 @@ MAX_HEADER_BYTES: Final = 32 * 1024
 # The apiserver limits request bodies to 3 MiB (MaxRequestBodyBytes); we match it for
 # the requests we buffer (everything but streams).
 MAX_BODY_BYTES: Final = 3 * 1024 * 1024
-# Back-pressure: at most this much of a streamed answer waits in our buffers.
-STREAM_CHUNK: Final = 64 * 1024
 WS_MAX_MSG: Final = 16 * 1024 * 1024
 # kubectl sends the same token on every call for its lifetime; re-checking an EdDSA
 # signature each time costs more than the rest of the request path. A verified token is
@@ -712,6 +723,18 @@ class KubeGateway:
             return answer
         return web.Response(status=answer.status, body=answer.body, headers=answer.headers)
 
+    def _target(self, cluster: UpstreamCluster, raw: str, base: dict[str, Any]) -> str:
+        """The request target on the cluster for `raw`, the target the client sent
+        (/cluster/NAME/... and the query, as encoded)."""
+        pool = self._pools[cluster.name]
+        prefix = CLUSTER_PREFIX + cluster.name + "/"
+        if raw.startswith(prefix):
+            return pool.base_path + raw[len(prefix) - 1 :]
+        # the client percent-encoded the prefix itself: forward the decoded form
+        return str(
+            URL.build(path=pool.base_path + base["request_path"]).with_query(base["request_query"])
+        )
+
     async def _once(
         self,
         cluster: UpstreamCluster,
@@ -727,15 +750,7 @@ class KubeGateway:
         when the cluster did not answer. `raw` is the request target as the client sent
         it (/cluster/NAME/... and the query)."""
         pool = self._pools[cluster.name]
-        prefix = CLUSTER_PREFIX + cluster.name + "/"
-        if raw.startswith(prefix):
-            target = pool.base_path + raw[len(prefix) - 1 :]
-        else:  # the client percent-encoded the prefix itself: forward the decoded form
-            target = str(
-                URL.build(path=pool.base_path + base["request_path"]).with_query(
-                    base["request_query"]
-                )
-            )
+        target = self._target(cluster, raw, base)
         try:
             answer = await pool.request(method, target, headers.items(), body)
         except asyncio.CancelledError:
@@ -779,55 +794,51 @@ class KubeGateway:
         base: dict[str, Any],
         t0: float,
     ) -> web.StreamResponse:
+        """Relay a WebSocket upgrade (wsrelay.py): the handshake with each side is ours,
+        the frames pass untouched and are tapped into the session recording."""
         offered = parse_protocol_header(request.headers.get("Sec-WebSocket-Protocol"))
         protocol = negotiate(offered)
-        if protocol is None:
-            self._emit({**base, "response_code": 400, "error": "unsupported subprotocol"})
-            return self._refuse(
-                400,
-                status_doc(
-                    400,
-                    "BadRequest",
-                    "auditcast: unsupported WebSocket subprotocol(s) "
-                    f"{', '.join(offered) or '(none)'}; the gateway speaks "
-                    f"{', '.join(sorted(KNOWN_PROTOCOLS))}",
-                ),
-            )
-        known = [p for p in offered if p in KNOWN_PROTOCOLS]
-        url = cluster.url + info.path + ("?" + request.query_string if request.query_string else "")
-        session = self._sessions[cluster.name]
         try:
-            up = await session.ws_connect(
-                url,
-                protocols=known,
-                headers=headers,
-                autoping=True,
-                max_msg_size=WS_MAX_MSG,
-                compress=0,
-            )
-        except aiohttp.WSServerHandshakeError as e:
-            self._emit(
-                {
-                    **base,
-                    "response_code": e.status,
-                    "latency_ms": round((time.monotonic() - t0) * 1000, 3),
-                }
-            )
-            return self._refuse(
-                e.status,
-                status_doc(
-                    e.status,
-                    REASON_BY_CODE.get(e.status, "Failure"),
-                    f"upstream refused the {info.subresource or 'stream'} request: {e.message}",
-                ),
-            )
-        except (aiohttp.ClientError, ConnectionError) as e:
-            return self._bad_gateway(base, cluster, str(e) or type(e).__name__)
-        chosen = up.protocol or protocol
-        ws = web.WebSocketResponse(
-            protocols=(chosen,), autoping=True, max_msg_size=WS_MAX_MSG, compress=False
+            if protocol is None:
+                raise HandshakeError(
+                    "unsupported WebSocket subprotocol(s) "
+                    f"{', '.join(offered) or '(none)'}; the gateway speaks "
+                    f"{', '.join(sorted(KNOWN_PROTOCOLS))}"
+                )
+            client_key = check_client_handshake(request.headers)
+        except HandshakeError as e:
+            self._emit({**base, "response_code": 400, "error": e.message})
+            return self._refuse(400, status_doc(400, "BadRequest", f"auditcast: {e.message}"))
+        known = [p for p in offered if p in KNOWN_PROTOCOLS]
+        key = new_key()
+        upgrade = [
+            "Connection: Upgrade",
+            "Upgrade: websocket",
+            f"Sec-WebSocket-Key: {key}",
+            "Sec-WebSocket-Version: 13",
+            f"Sec-WebSocket-Protocol: {', '.join(known)}",
+        ]
+        dialed = await self._dial_upgrade(request, cluster, headers, upgrade, base, t0, {})
+        if isinstance(dialed, web.StreamResponse):
+            return dialed
+        conn, up_headers = dialed
+        try:
+            chosen = check_server_handshake(up_headers, key, ["", *known]) or protocol
+        except HandshakeError as e:
+            conn.close()
+            return self._bad_gateway(base, cluster, e.message, "answered badly")
+        resp = web.StreamResponse(status=101)
+        resp.headers.update(
+            {
+                "Upgrade": "websocket",
+                "Connection": "Upgrade",
+                "Sec-WebSocket-Accept": accept_key(client_key),
+                "Sec-WebSocket-Protocol": chosen,
+            }
         )
-        await ws.prepare(request)
+        if "Audit-Id" in up_headers:
+            resp.headers["Audit-Id"] = up_headers["Audit-Id"]
+        client, to_client = await _take_over(request, resp)
         self._emit({**base, "response_code": 101, "phase": "start", "long_running": True})
         recorder = None
         codec: ChannelCodec | None = None
@@ -835,31 +846,29 @@ class KubeGateway:
             codec = ChannelCodec(chosen)
             if self.recorder is not None and info.subresource in ("exec", "attach"):
                 recorder = await self._start_recording(request, cluster, claims, info, base)
+        tap = ChannelTap(codec, recorder)
+        relay = WsRelay(client, to_client, conn, tap, WS_MAX_MSG)
         pump_task = asyncio.current_task()
         stop_reason: list[str] = []
 
         async def close(reason: str) -> None:
             stop_reason.append(reason)
-            if codec is not None and not ws.closed:
-                with contextlib.suppress(Exception):
-                    await _send(ws, codec, ChannelEvent(Channel.ERROR, _locked_status(reason)))
-            await _bounded(ws.close(code=1008, message=reason.encode()[:120]))
+            relay.close_for(reason, _locked_status(reason))
+            await relay.ended(CLOSE_TIMEOUT)  # kubectl answers the close, or is dropped
             if pump_task is not None:
                 pump_task.cancel()
-            await _bounded(up.close())
 
         live = LiveStream(claims, subject, close, info.subresource or "websocket")
         self.live.add(live)
-        tap = _Tap(codec, recorder)
         try:
-            await _relay(ws, up, tap)
+            await relay.run()
         except asyncio.CancelledError:
             if not stop_reason:
                 raise
         finally:
             self.live.discard(live)
-            await _bounded(up.close())
-            await _bounded(ws.close())
+            conn.close()
+            _hang_up(request)  # after what was written to it: a close frame, say
             fields: dict[str, Any] = {
                 **base,
                 "id": new_event_id(),
@@ -868,8 +877,8 @@ class KubeGateway:
                 "long_running": True,
                 "response_code": 101,
                 "latency_ms": round((time.monotonic() - t0) * 1000, 3),
-                "bytes_in": tap.bytes_in,
-                "bytes_out": tap.bytes_out,
+                "bytes_in": relay.bytes_in,
+                "bytes_out": relay.bytes_out,
             }
             if tap.exit_code is not None:
                 fields["exit_code"] = tap.exit_code
@@ -885,7 +894,84 @@ class KubeGateway:
                 with contextlib.suppress(Exception):
                     await _maybe(recorder.end(tap.exit_code, **end_fields))
             self._emit(fields)
-        return ws
+        return resp
+
+    async def _dial_upgrade(
+        self,
+        request: web.BaseRequest,
+        cluster: UpstreamCluster,
+        headers: Any,
+        upgrade: list[str],
+        base: dict[str, Any],
+        t0: float,
+        fields: dict[str, Any],
+    ) -> tuple[UpstreamConn, CIMultiDict[str]] | web.StreamResponse:
+        """Send the upgrade request (with the `upgrade` header lines) to the cluster on a
+        connection of its own. A 101 gives the connection and the answer's headers; any
+        other answer is passed back as the cluster gave it (its Status body: a 403 from
+        RBAC, say), recorded with `fields`."""
+        up = self._pools[cluster.name]  # the upstream's address and Host header
+        try:
+            _, conn = await asyncio.wait_for(
+                asyncio.get_running_loop().create_connection(
+                    UpstreamConn,
+                    up.host,
+                    up.port,
+                    ssl=self._ssl[cluster.name],
+                    server_hostname=up.host,
+                ),
+                10,
+            )
+        except (OSError, TimeoutError) as e:
+            return self._bad_gateway(base, cluster, str(e) or type(e).__name__)
+        target = self._target(cluster, request.raw_path, base)
+        lines = [f"{request.method} {target} HTTP/1.1", f"Host: {up.host_header}"]
+        lines += [f"{k}: {v}" for k, v in headers.items()]
+        lines += [*upgrade, "Content-Length: 0"]
+        conn.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        try:
+            head = await asyncio.wait_for(conn.read_until(b"\r\n\r\n"), 30)
+            status_line, *header_lines = head.decode("latin-1").split("\r\n")
+            code = int(status_line.split(" ", 2)[1])
+        except (
+            asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError,
+            ValueError,
+            IndexError,
+            TimeoutError,
+            OSError,
+        ) as e:
+            conn.close()
+            return self._bad_gateway(base, cluster, str(e) or type(e).__name__, "answered badly")
+        up_headers: CIMultiDict[str] = CIMultiDict()
+        for line in header_lines:
+            if ":" in line:
+                k, v = line.split(":", 1)
+                up_headers.add(k.strip(), v.strip())
+        if code == 101:
+            return conn, up_headers
+        try:
+            text = up_headers.get("Content-Length", "0") or "0"
+            if not (text.isascii() and text.isdigit()):
+                raise ValueError(f"Content-Length {text!r}")
+            length = min(int(text), self.max_body_bytes)
+            body = await asyncio.wait_for(conn.read_exactly(length), 30) if length else b""
+        except (asyncio.IncompleteReadError, ValueError, TimeoutError, OSError) as e:
+            return self._bad_gateway(base, cluster, str(e) or type(e).__name__, "answered badly")
+        finally:
+            conn.close()
+        self._emit(
+            {
+                **base,
+                "response_code": code,
+                **fields,
+                "latency_ms": round((time.monotonic() - t0) * 1000, 3),
+            }
+        )
+        keep = ("Content-Type", "Audit-Id")
+        return web.Response(
+            status=code, body=body, headers={k: up_headers[k] for k in keep if k in up_headers}
+        )
 
     # SPDY (kubectl before 1.30, or its fallback when a WebSocket upgrade fails) ----------
     async def _raw_upgrade(
@@ -907,74 +993,23 @@ class KubeGateway:
                 400,
                 status_doc(400, "BadRequest", f"auditcast: {upgrade} upgrades are not proxied"),
             )
-        up = self._pools[cluster.name]  # the upstream's address and Host header
-        try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(
-                    up.host,
-                    up.port,
-                    ssl=self._ssl[cluster.name],
-                    server_hostname=up.host,
-                    limit=2**16,
-                ),
-                10,
-            )
-        except (OSError, TimeoutError) as e:
-            return self._bad_gateway(base, cluster, str(e) or type(e).__name__)
-        target = info.path + ("?" + request.query_string if request.query_string else "")
-        lines = [f"{request.method} {target} HTTP/1.1", f"Host: {up.host_header}"]
-        lines += [f"{k}: {v}" for k, v in headers.items()]
-        lines += ["Connection: Upgrade", f"Upgrade: {upgrade}", "Content-Length: 0"]
-        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
-        try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
-            status_line, *header_lines = head.decode("latin-1").split("\r\n")
-            code = int(status_line.split(" ", 2)[1])
-        except (
-            asyncio.IncompleteReadError,
-            asyncio.LimitOverrunError,
-            ValueError,
-            IndexError,
-            TimeoutError,
-            OSError,
-        ) as e:
-            writer.close()
-            return self._bad_gateway(base, cluster, str(e) or type(e).__name__, "answered badly")
-        up_headers: CIMultiDict[str] = CIMultiDict()
-        for line in header_lines:
-            if ":" in line:
-                k, v = line.split(":", 1)
-                up_headers.add(k.strip(), v.strip())
-        if code != 101:
-            try:
-                text = up_headers.get("Content-Length", "0") or "0"
-                if not (text.isascii() and text.isdigit()):
-                    raise ValueError(f"Content-Length {text!r}")
-                length = min(int(text), self.max_body_bytes)
-                body = await asyncio.wait_for(reader.readexactly(length), 30) if length else b""
-            except (asyncio.IncompleteReadError, ValueError, TimeoutError, OSError) as e:
-                return self._bad_gateway(
-                    base, cluster, str(e) or type(e).__name__, "answered badly"
-                )
-            finally:
-                writer.close()
-            self._emit(
-                {
-                    **base,
-                    "response_code": code,
-                    "protocol": upgrade,
-                    "latency_ms": round((time.monotonic() - t0) * 1000, 3),
-                }
-            )
-            keep = ("Content-Type", "Audit-Id")
-            return web.Response(
-                status=code, body=body, headers={k: up_headers[k] for k in keep if k in up_headers}
-            )
+        dialed = await self._dial_upgrade(
+            request,
+            cluster,
+            headers,
+            ["Connection: Upgrade", f"Upgrade: {upgrade}"],
+            base,
+            t0,
+            {"protocol": upgrade},
+        )
+        if isinstance(dialed, web.StreamResponse):
+            return dialed
+        conn, up_headers = dialed
         resp = web.StreamResponse(status=101)
         for k in ("Connection", "Upgrade", "X-Stream-Protocol-Version", "Audit-Id"):
             if k in up_headers:
                 resp.headers[k] = up_headers[k]
-        await resp.prepare(request)
+        client, to_client = await _take_over(request, resp)
         self._emit(
             {
                 **base,
@@ -985,48 +1020,26 @@ class KubeGateway:
                 "recorded": False,
             }
         )
-        transport = request.transport
-        assert transport is not None
-        incoming: asyncio.Queue[bytes | None] = asyncio.Queue()
-        request.protocol.set_parser(_RawReader(incoming, transport))  # type: ignore[arg-type]
-        counts = {"in": 0, "out": 0}
+        relay = ByteRelay(client, to_client, conn)
         relay_task = asyncio.current_task()
 
         async def close(reason: str) -> None:
-            writer.close()
-            transport.close()
+            conn.close()
+            _hang_up(request)
             if relay_task is not None:
                 relay_task.cancel()
 
         live = LiveStream(claims, subject, close, info.subresource or "spdy")
         self.live.add(live)
-
-        async def client_to_up() -> None:
-            while (data := await incoming.get()) is not None:
-                counts["in"] += len(data)
-                if incoming.qsize() < _RawReader.RESUME_AT:
-                    transport.resume_reading()
-                writer.write(data)
-                await writer.drain()
-            writer.write_eof() if writer.can_write_eof() else None
-
-        async def up_to_client() -> None:
-            while data := await reader.read(STREAM_CHUNK):
-                counts["out"] += len(data)
-                transport.write(data)
-
-        tasks = [asyncio.create_task(client_to_up()), asyncio.create_task(up_to_client())]
         try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            await relay.run()
         except asyncio.CancelledError:
             if not live.closed_by_lock:
                 raise
         finally:
-            for t in tasks:
-                t.cancel()
             self.live.discard(live)
-            writer.close()
-            transport.close()
+            conn.close()
+            _hang_up(request)
             end = {
                 **base,
                 "id": new_event_id(),
@@ -1036,8 +1049,8 @@ class KubeGateway:
                 "response_code": 101,
                 "protocol": upgrade,
                 "recorded": False,
-                "bytes_in": counts["in"],
-                "bytes_out": counts["out"],
+                "bytes_in": relay.bytes_in,
+                "bytes_out": relay.bytes_out,
                 "latency_ms": round((time.monotonic() - t0) * 1000, 3),
             }
             if live.closed_by_lock:
@@ -1103,22 +1116,24 @@ def _locked_status(reason: str) -> bytes:
     return orjson.dumps(status_doc(403, "Forbidden", f"auditcast: {reason}"))
 
 
-# A peer that does not answer a WebSocket close within this time is dropped: the end of
-# a stream (and its event) must not wait on it.
-CLOSE_TIMEOUT: Final = 2.0
+async def _take_over(
+    request: web.BaseRequest, resp: web.StreamResponse
+) -> tuple[RawReader, ClientSide]:
+    """Send the 101 and take the client's connection from aiohttp: what it sends from
+    now on comes from the RawReader, what we send goes through the ClientSide."""
+    writer = await resp.prepare(request)
+    transport = request.transport
+    assert transport is not None and writer is not None
+    client = RawReader(asyncio.Queue(), transport)
+    request.protocol.set_parser(client)
+    protocol = request.protocol
+    return client, ClientSide(transport.write, lambda: protocol.writing_paused, writer.drain)
 
 
-async def _bounded(closing: Awaitable[Any]) -> None:
-    with contextlib.suppress(Exception):
-        await asyncio.wait_for(closing, CLOSE_TIMEOUT)
-
-
-async def _send(ws: Any, codec: ChannelCodec, event: ChannelEvent) -> None:
-    msg = codec.encode(event)
-    if isinstance(msg, str):
-        await ws.send_str(msg)
-    else:
-        await ws.send_bytes(msg)
+def _hang_up(request: web.BaseRequest) -> None:
+    """Close a taken-over client connection (after what was written to it)."""
+    if request.transport is not None:
+        request.transport.close()
 
 
 def _is_discovery(path: str) -> bool:
@@ -1133,128 +1148,3 @@ def _bound_port(site: web.TCPSite) -> int:
     server = site._server
     assert server is not None and hasattr(server, "sockets")  # asyncio's or uvloop's Server
     return int(server.sockets[0].getsockname()[1])
-
-
-class _RawReader:
-    """Takes the client's bytes after an upgrade (aiohttp's payload-parser slot)."""
-
-    PAUSE_AT: Final = 64
-    RESUME_AT: Final = 16
-
-    def __init__(self, queue: asyncio.Queue[bytes | None], transport: asyncio.Transport) -> None:
-        self.queue = queue
-        self.transport = transport
-
-    def feed_data(self, data: bytes) -> tuple[bool, bytes]:
-        self.queue.put_nowait(bytes(data))
-        if self.queue.qsize() >= self.PAUSE_AT:
-            self.transport.pause_reading()
-        return False, b""
-
-    def feed_eof(self) -> None:
-        self.queue.put_nowait(None)
-
-
-class _Tap:
-    """Decodes both directions of a channel stream into the session recording."""
-
-    def __init__(self, codec: ChannelCodec | None, recorder: Any) -> None:
-        self.codec = codec
-        self.recorder = recorder
-        self.bytes_in = 0
-        self.bytes_out = 0
-        self.exit_code: int | None = None
-        self.error = ""
-
-    def from_client(self, data: bytes | str) -> None:
-        """Raises MalformedFrame: a broken client frame ends the stream."""
-        self.bytes_in += len(data)
-        if self.codec is None:
-            return
-        ev = self.codec.decode(data)
-        if self.recorder is None:
-            return
-        if ev.channel is Channel.STDIN and ev.data:
-            self.recorder.input(ev.data)
-        elif ev.channel is Channel.RESIZE:
-            self.recorder.resize(ev.width, ev.height)
-
-    def from_upstream(self, data: bytes | str) -> None:
-        self.bytes_out += len(data)
-        if self.codec is None:
-            return
-        try:
-            ev = self.codec.decode(data)
-        except MalformedFrame as e:
-            self.error = f"malformed frame from upstream: {e.message}"
-            return
-        if ev.channel in (Channel.STDOUT, Channel.STDERR):
-            if self.recorder is not None and ev.data:
-                self.recorder.output(ev.data)
-        elif ev.channel is Channel.ERROR:
-            try:
-                self.exit_code = ev.exit_code
-            except MalformedFrame as e:
-                self.error = e.message
-            if self.exit_code is None:
-                self.error = ev.data.decode("utf-8", "replace")[:500]
-
-
-async def _relay(
-    client: web.WebSocketResponse, up: aiohttp.ClientWebSocketResponse, tap: _Tap
-) -> None:
-    async def client_to_up() -> None:
-        async for msg in client:
-            if msg.type is aiohttp.WSMsgType.BINARY:
-                data: bytes | str = msg.data
-            elif msg.type is aiohttp.WSMsgType.TEXT:
-                data = msg.data
-            else:
-                break
-            try:
-                tap.from_client(data)
-            except MalformedFrame as e:
-                tap.error = f"malformed frame from client: {e.message}"
-                if tap.codec is not None:
-                    with contextlib.suppress(Exception):
-                        doc = status_doc(400, "BadRequest", f"auditcast: {tap.error}")
-                        await _send(
-                            client, tap.codec, ChannelEvent(Channel.ERROR, orjson.dumps(doc))
-                        )
-                await _bounded(client.close(code=1007, message=tap.error.encode()[:120]))
-                return
-            if isinstance(data, str):
-                await up.send_str(data)
-            else:
-                await up.send_bytes(data)
-
-    async def up_to_client() -> None:
-        async for msg in up:
-            if msg.type is aiohttp.WSMsgType.BINARY:
-                data: bytes | str = msg.data
-            elif msg.type is aiohttp.WSMsgType.TEXT:
-                data = msg.data
-            else:
-                break
-            tap.from_upstream(data)
-            if isinstance(data, str):
-                await client.send_str(data)
-            else:
-                await client.send_bytes(data)
-
-    a = asyncio.create_task(client_to_up())
-    b = asyncio.create_task(up_to_client())
-    try:
-        done, _ = await asyncio.wait({a, b}, return_when=asyncio.FIRST_COMPLETED)
-        if b in done:
-            # upstream ended (process exited): let the client see the close
-            await _bounded(client.close())
-        else:
-            await _bounded(up.close())
-        await asyncio.wait({a, b}, timeout=CLOSE_TIMEOUT)
-    finally:
-        for t in (a, b):
-            t.cancel()
-        for t in (a, b):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t

@@ -1,0 +1,171 @@
+"""The gateway relays exec WebSockets frame for frame (collectors/kube/wsrelay.py).
+
+A raw WebSocket client written here (TLS socket, RFC 6455 handshake and frames by
+hand) talks to the real gateway in front of the API-server test double, so that what
+no well-behaved client library sends can be sent: fragments, pings, unmasked frames.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+
+import orjson
+import pytest
+
+from auditcast.collectors.kube.wsframes import (
+    OP_BINARY,
+    OP_CLOSE,
+    OP_CONTINUATION,
+    OP_PING,
+    OP_PONG,
+    FrameScanner,
+    accept_key,
+    encode_frame,
+    new_key,
+)
+from tests.kube.conftest import KubeEnv
+
+PATH = "/cluster/dev-cluster/api/v1/namespaces/dev/pods/web-0/exec"
+
+
+class RawWs:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.scanner = FrameScanner(masked=False, max_message=1 << 24)
+        self.inbox: list[tuple[int, bytes]] = []
+
+    def send(self, raw: bytes) -> None:
+        self.writer.write(raw)
+
+    async def next(self, timeout: float = 10) -> tuple[int, bytes]:
+        """The next message or control frame from the gateway; (-1, b"") at EOF."""
+        while not self.inbox:
+            data = await asyncio.wait_for(self.reader.read(65536), timeout)
+            if not data:
+                return -1, b""
+            self.inbox += [(m.opcode, m.payload) for m in self.scanner.feed(data)[1]]
+        return self.inbox.pop(0)
+
+    async def until(self, opcode: int, timeout: float = 10) -> list[tuple[int, bytes]]:
+        """Everything up to and including the first `opcode` (or EOF)."""
+        seen = []
+        while True:
+            op, payload = await self.next(timeout)
+            seen.append((op, payload))
+            if op in (opcode, -1):
+                return seen
+
+
+async def open_ws(env: KubeEnv, query: str, **headers: str) -> tuple[int, bytes, RawWs]:
+    """Upgrade; (status, head and any body, the connection)."""
+    ctx = ssl.create_default_context(cafile=str(env.ca_path))
+    ctx.check_hostname = False
+    reader, writer = await asyncio.open_connection("127.0.0.1", env.gateway.gateway.port, ssl=ctx)
+    key = new_key()
+    fields = {
+        "Host": "127.0.0.1",
+        "Authorization": f"Bearer {env.mint.mint('alice')}",
+        "Upgrade": "websocket",
+        "Connection": "Upgrade",
+        "Sec-WebSocket-Key": key,
+        "Sec-WebSocket-Version": "13",
+        "Sec-WebSocket-Protocol": "v5.channel.k8s.io",
+        **headers,
+    }
+    head = f"GET {PATH}?{query} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in fields.items())
+    writer.write((head + "\r\n").encode())
+    answer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    status = int(answer.split(b" ", 2)[1])
+    if status == 101:
+        assert f"Sec-WebSocket-Accept: {accept_key(key)}".encode() in answer
+    else:
+        answer += await asyncio.wait_for(reader.read(65536), 10)
+    return status, answer, RawWs(reader, writer)
+
+
+def stdin(data: bytes, *, fin: bool = True, opcode: int = OP_BINARY) -> bytes:
+    raw = bytearray(encode_frame(opcode, data, mask=True))
+    if not fin:
+        raw[0] &= 0x7F
+    return bytes(raw)
+
+
+CAT = "command=cat&stdin=true&stdout=true&stderr=true"
+
+
+def test_a_bad_websocket_handshake_is_refused_before_the_cluster(kube_env: KubeEnv) -> None:
+    status, answer, _ = asyncio.run(open_ws(kube_env, CAT, **{"Sec-WebSocket-Version": "8"}))
+    assert status == 400
+    doc = orjson.loads(answer.split(b"\r\n\r\n", 1)[1])
+    assert "unsupported Sec-WebSocket-Version '8'" in doc["message"]
+    assert kube_env.upstream_requests() == 0
+    refused = kube_env.sink.wait_for("kube.request", lambda e: e.response_code == 400)  # type: ignore[attr-defined]
+    assert refused and "Sec-WebSocket-Version" in refused[0].error  # type: ignore[attr-defined]
+
+
+def test_pings_fragments_and_close_pass_between_kubectl_and_the_cluster(
+    kube_env: KubeEnv,
+) -> None:
+    async def session() -> list[tuple[int, bytes]]:
+        status, _, ws = await open_ws(kube_env, CAT)
+        assert status == 101
+        ws.send(encode_frame(OP_PING, b"still there?", mask=True))
+        pong = await ws.until(OP_PONG)  # answered by the cluster, through the gateway
+        # one stdin message in three fragments, a ping between two of them
+        ws.send(stdin(b"\x00hello ", fin=False))
+        ws.send(stdin(b"fragmented ", fin=False, opcode=OP_CONTINUATION))
+        ws.send(encode_frame(OP_PING, b"mid-message", mask=True))
+        ws.send(stdin(b"world\n", opcode=OP_CONTINUATION))
+        echoed, seen = b"", []
+        while b"world\n" not in echoed:
+            op, payload = await ws.next()
+            assert op != -1
+            seen.append((op, payload))
+            if op == OP_BINARY and payload[:1] == b"\x01":
+                echoed += payload[1:]
+        ws.send(stdin(b"\xff\x00"))  # v5: close stdin, cat ends
+        rest = await ws.until(OP_CLOSE)
+        ws.send(encode_frame(OP_CLOSE, rest[-1][1][:2], mask=True))
+        return pong + seen + [(OP_BINARY, b"\x01" + echoed)] + rest
+
+    got = asyncio.run(asyncio.wait_for(session(), 30))
+    assert (OP_PONG, b"still there?") in got
+    assert (OP_BINARY, b"\x01hello fragmented world\n") in got
+    assert (OP_PONG, b"mid-message") in got
+    statuses = [orjson.loads(p[1:]) for op, p in got if op == OP_BINARY and p[:1] == b"\x03"]
+    assert statuses and statuses[-1]["status"] == "Success"
+    assert got[-1][0] == OP_CLOSE
+    ends = kube_env.sink.wait_for("kube.request", lambda e: getattr(e, "phase", "") == "end")
+    assert ends and ends[0].exit_code == 0  # type: ignore[attr-defined]
+    assert ends[0].bytes_in == len(b"\x00hello fragmented world\n") + 2  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("raw", "code", "error"),
+    [
+        (encode_frame(OP_BINARY, b"\x00echo hi\n", mask=False), 1002, "not masked"),
+        (b"\x83\x80abcd", 1002, "reserved opcode 0x3"),
+        (stdin(b"\x04not json"), 1007, 'resize payload is not {"Width": N, "Height": N}'),
+    ],
+    ids=["unmasked", "reserved-opcode", "bad-resize"],
+)
+def test_a_broken_client_frame_gets_a_status_and_close_and_never_reaches_the_cluster(
+    kube_env: KubeEnv, raw: bytes, code: int, error: str
+) -> None:
+    async def session() -> list[tuple[int, bytes]]:
+        status, _, ws = await open_ws(kube_env, CAT)
+        assert status == 101
+        ws.send(stdin(b"\x00first\n") + raw + stdin(b"\x00after\n"))
+        return await ws.until(OP_CLOSE)
+
+    got = asyncio.run(asyncio.wait_for(session(), 30))
+    close = got[-1]
+    assert close[0] == OP_CLOSE and int.from_bytes(close[1][:2], "big") == code
+    assert error in close[1][2:].decode()
+    statuses = [orjson.loads(p[1:]) for op, p in got if op == OP_BINARY and p[:1] == b"\x03"]
+    assert any(error in s["message"] for s in statuses), statuses
+    output = b"".join(p[1:] for op, p in got if op == OP_BINARY and p[:1] == b"\x01")
+    assert b"after" not in output  # nothing after the broken frame was passed on
+    ends = kube_env.sink.wait_for("kube.request", lambda e: getattr(e, "phase", "") == "end")
+    assert ends and error in ends[0].error  # type: ignore[attr-defined]
