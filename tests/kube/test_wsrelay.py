@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from datetime import timedelta
 
 import orjson
 import pytest
 
+from auditcast.access.lock_authority import LockAuthority
+from auditcast.access.lock_model import LockTargets, new_lock
 from auditcast.collectors.kube.wsframes import (
     OP_BINARY,
     OP_CLOSE,
@@ -169,3 +172,44 @@ def test_a_broken_client_frame_gets_a_status_and_close_and_never_reaches_the_clu
     assert b"after" not in output  # nothing after the broken frame was passed on
     ends = kube_env.sink.wait_for("kube.request", lambda e: getattr(e, "phase", "") == "end")
     assert ends and error in ends[0].error  # type: ignore[attr-defined]
+
+
+def test_a_lock_during_a_flood_of_output_closes_between_whole_frames(
+    kube_env_with_locks: KubeEnv,
+) -> None:
+    """`yes` floods stdout in 64 KiB messages; the lock's Status and close must come
+    after the frame in flight ends (the client's own frame parser would fail on a cut
+    frame), and the stream must end."""
+    env = kube_env_with_locks
+    assert env.settings is not None
+    authority = LockAuthority(env.settings)
+    env.gateway.call(authority.start())
+
+    async def session() -> tuple[int, list[tuple[int, bytes]]]:
+        status, _, ws = await open_ws(env, "command=yes&stdout=true")
+        assert status == 101
+        got, received = [], 0
+        while received < 4 << 20:  # a few MB in flight before the lock
+            op, payload = await ws.next()
+            assert op == OP_BINARY
+            received += len(payload)
+        lock = new_lock(LockTargets(user="alice"), ttl=timedelta(minutes=5), message="INC-7")
+        assert await asyncio.wrap_future(
+            asyncio.run_coroutine_threadsafe(authority.create(lock), env.gateway.loop)
+        )
+        while True:
+            op, payload = await ws.next(timeout=10)  # FrameError here: a cut frame
+            received += len(payload)
+            if op != OP_BINARY or payload[:1] != b"\x01":
+                got.append((op, payload))
+            if op in (OP_CLOSE, -1):
+                return received, got
+
+    try:
+        _, got = asyncio.run(asyncio.wait_for(session(), 60))
+    finally:
+        env.gateway.call(authority.stop())
+    status_frames = [orjson.loads(p[1:]) for op, p in got if op == OP_BINARY]
+    assert status_frames and "access locked by" in status_frames[-1]["message"]
+    assert "INC-7" in status_frames[-1]["message"]
+    assert got[-1][0] == OP_CLOSE and int.from_bytes(got[-1][1][:2], "big") == 1008
