@@ -35,7 +35,7 @@ from auditcast.kafka import (
 )
 from auditcast.settings import Settings
 from auditcast.storage.recordings import RecordingStore
-from auditcast.storage.sqlite import SQLiteAuditStore
+from auditcast.storage.sqlite import EventBatch, SQLiteAuditStore, prepare_events
 from auditcast.topics import DEAD_LETTER, EVENTS_AUDIT, SESSION_FRAMES, topic
 
 log = logging.getLogger(__name__)
@@ -144,6 +144,7 @@ async def _consume(settings: Settings, route: Route, stats: SinkStats) -> None:
     Offsets of a poll are committed only after its write returned (SQLite committed,
     recording files fsynced); at most one write is in flight while the next poll is
     parsed."""
+    loop = asyncio.get_running_loop()
     while True:
         consumer = producer = None
         pending: asyncio.Future[None] | None = None
@@ -178,7 +179,9 @@ async def _consume(settings: Settings, route: Route, stats: SinkStats) -> None:
                 if records:
                     offsets = batch_offsets(batches)
                     if batch:
-                        pending = asyncio.ensure_future(asyncio.to_thread(route.write, batch))
+                        # handed to the thread now: a task (to_thread) would start it only
+                        # when the loop next waits, often after the next poll's parse
+                        pending = loop.run_in_executor(None, route.write, batch)
                     else:  # all malformed: dead-lettered, nothing to write
                         await consumer.commit(offsets)
         except asyncio.CancelledError:
@@ -222,7 +225,7 @@ class StoreSink:
 
     async def _parse_events(
         self, records: list[ConsumerRecord[bytes, bytes]], dead: DeadLetters
-    ) -> tuple[list[dict[str, Any]], list[str | None]] | None:
+    ) -> EventBatch | None:
         docs: list[dict[str, Any]] = []
         texts: list[str | None] = []
         for r in records:
@@ -233,13 +236,14 @@ class StoreSink:
                 continue
             docs.append(doc)
             texts.append(text)
-        return (docs, texts) if docs else None
+        # rows and search texts are made here, on the loop, which waits for the writer
+        # anyway: its thread is left with SQLite's work, mostly run without the GIL
+        return prepare_events(docs, texts) if docs else None
 
-    def _write_events(self, batch: tuple[list[dict[str, Any]], list[str | None]]) -> None:
-        docs, texts = batch
-        new = self.audit.add_many(docs, texts)
+    def _write_events(self, batch: EventBatch) -> None:
+        new = self.audit.write(batch)
         self.stats.stored_events += new
-        self.stats.duplicate_events += len(docs) - new
+        self.stats.duplicate_events += batch.given - new
 
     async def _parse_frames(
         self, records: list[ConsumerRecord[bytes, bytes]], dead: DeadLetters

@@ -11,6 +11,7 @@ import base64
 import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
@@ -108,6 +109,23 @@ INSERT INTO events (seq, id, time, type, code, user, identity_user, actor, sessi
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO NOTHING
 """
 _INSERT_FTS: Final = "INSERT INTO events_fts(rowid, text) VALUES (?, ?)"
+# _INSERT and _INSERT_FTS for a whole batch in one statement each, over JSON arrays of
+# the rows (without seq) and of the texts, the first row's seq first. One statement runs
+# in SQLite without the GIL from start to end; a row at a time, the writer's thread
+# needs the GIL back after each row, which the event loop holds while it parses the
+# next poll (a thread waits up to 5 ms, the switch interval, to get it).
+_INSERT_ALL: Final = """
+INSERT INTO events (seq, id, time, type, code, user, identity_user, actor, session_id, cluster,
+                    node, doc)
+SELECT ? + key, value->>0, value->>1, value->>2, value->>3, value->>4, value->>5, value->>6,
+       value->>7, value->>8, value->>9, value->>10
+FROM json_each(?) WHERE true ON CONFLICT(id) DO NOTHING
+"""
+_INSERT_FTS_ALL: Final = (
+    "INSERT INTO events_fts(rowid, text) SELECT ? + key, value FROM json_each(?)"
+)
+# json_each and ->> end a text at an escaped NUL: a batch with one goes a row at a time.
+_JSON_NUL: Final = b"\\u0000"
 # The rows an insert made, when some of its ids were stored before (their seq is skipped).
 _NEW_SEQS: Final = "SELECT seq FROM events WHERE seq > ?"
 # Fields that are identifiers or timestamps: unique tokens, useless for text search.
@@ -157,6 +175,68 @@ def _session_params(doc: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True, slots=True)
+class EventBatch:
+    """Events ready for `SQLiteAuditStore.write`, made by `prepare_events` without the
+    database, so that the work of a batch in Python can happen before the writer's turn
+    (the sink prepares a poll on its event loop while the last one is written)."""
+
+    # `events` column values in _INSERT's order without `seq`, one row per event id
+    rows: list[tuple[Any, ...]]
+    # search text of each row
+    texts: list[str]
+    # rows and texts as JSON arrays for _INSERT_ALL and _INSERT_FTS_ALL (None where a
+    # value holds NUL)
+    rows_json: bytes | None
+    texts_json: bytes | None
+    # (row index, _session_params) of the rows that start and that end a session
+    starts: list[tuple[int, dict[str, Any]]]
+    ends: list[tuple[int, dict[str, Any]]]
+    # how many documents were given, repeats included
+    given: int
+
+
+def prepare_events(
+    docs: Sequence[dict[str, Any]], json_texts: Sequence[str | None] | None = None
+) -> EventBatch:
+    """The rows, search texts and session updates of `docs` (see `add_many`), one per
+    event id: a document repeated in `docs` counts once, as its first occurrence."""
+    unique: dict[str, tuple[dict[str, Any], str | None]] = {}
+    if json_texts is None:
+        for d in docs:
+            unique.setdefault(d["id"], (d, None))
+    else:
+        for d, text in zip(docs, json_texts, strict=True):
+            unique.setdefault(d["id"], (d, text))
+    rows, texts = [], []
+    starts: list[tuple[int, dict[str, Any]]] = []
+    ends: list[tuple[int, dict[str, Any]]] = []
+    for i, (d, text) in enumerate(unique.values()):
+        get = d.get
+        user = get("user")
+        ident = get("identity")
+        ident_user = ident.get("user") if ident else None
+        session_id = get("session_id")
+        rows.append(
+            (
+                d["id"], d["time"], d["type"], get("code", ""), user, ident_user,
+                ident_user or user, session_id, get("cluster"), get("node"),
+                text if text is not None else orjson.dumps(d).decode(),
+            )
+        )  # fmt: skip
+        texts.append(_search_text(d))
+        if session_id:
+            t = d["type"]
+            if t == "session.start":
+                starts.append((i, _session_params(d)))
+            elif t in ("session.end", "ssh.exec"):
+                ends.append((i, _session_params(d)))
+    rows_json, texts_json = orjson.dumps(rows), orjson.dumps(texts)
+    if _JSON_NUL in rows_json or _JSON_NUL in texts_json:
+        return EventBatch(rows, texts, None, None, starts, ends, len(docs))
+    return EventBatch(rows, texts, rows_json, texts_json, starts, ends, len(docs))
+
+
 class SQLiteAuditStore:
     """Implements `AuditStore`. Thread-safe: one connection behind a lock."""
 
@@ -204,56 +284,43 @@ class SQLiteAuditStore:
 
         `json_texts[i]`, when given and not None, is `docs[i]` as JSON text (the record
         it was parsed from, unchanged): stored as it is instead of serialised again."""
-        unique: dict[str, tuple[dict[str, Any], str | None]] = {}
-        if json_texts is None:
-            for d in docs:
-                unique.setdefault(d["id"], (d, None))
-        else:
-            for d, text in zip(docs, json_texts, strict=True):
-                unique.setdefault(d["id"], (d, text))
+        return self.write(prepare_events(docs, json_texts))
+
+    def write(self, batch: EventBatch) -> int:
+        """`add_many` for a batch `prepare_events` made (on another thread, say):
+        returns how many of its events were new."""
+        rows = batch.rows
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 (top,) = self._db.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
-                rows = []
-                for n, (d, text) in enumerate(unique.values(), start=top + 1):
-                    get = d.get
-                    user = get("user")
-                    ident = get("identity")
-                    ident_user = ident.get("user") if ident else None
-                    rows.append(
-                        (
-                            n, d["id"], d["time"], d["type"], get("code", ""), user,
-                            ident_user, ident_user or user, get("session_id"), get("cluster"),
-                            get("node"), text if text is not None else orjson.dumps(d).decode(),
-                        )
-                    )  # fmt: skip
-                new = self._db.executemany(_INSERT, rows).rowcount
-                seqs: Iterable[int] = range(top + 1, top + 1 + len(rows))
-                if new != len(rows):  # some were stored before: keep the rows just made
-                    made = {s for (s,) in self._db.execute(_NEW_SEQS, (top,))}
-                    seqs = [n for n in seqs if n in made]
-                texts, starts, ends = [], [], []
-                values = list(unique.values())
-                for n in seqs:
-                    d = values[n - top - 1][0]
-                    texts.append((n, _search_text(d)))
-                    if d.get("session_id"):
-                        t = d["type"]
-                        if t == "session.start":
-                            starts.append(_session_params(d))
-                        elif t in ("session.end", "ssh.exec"):
-                            ends.append(_session_params(d))
-                self._db.executemany(_INSERT_FTS, texts)
+                if batch.rows_json is not None:
+                    new = self._db.execute(_INSERT_ALL, (top + 1, batch.rows_json)).rowcount
+                else:
+                    seqs = range(top + 1, top + 1 + len(rows))
+                    new = self._db.executemany(
+                        _INSERT, [(n, *row) for n, row in zip(seqs, rows, strict=True)]
+                    ).rowcount
+                starts, ends = batch.starts, batch.ends
+                if new == len(rows) and batch.texts_json is not None:
+                    self._db.execute(_INSERT_FTS_ALL, (top + 1, batch.texts_json))
+                else:  # some were stored before: words and sessions of the rows just made
+                    made = {s - top - 1 for (s,) in self._db.execute(_NEW_SEQS, (top,))}
+                    self._db.executemany(
+                        _INSERT_FTS,
+                        [(top + 1 + i, t) for i, t in enumerate(batch.texts) if i in made],
+                    )
+                    starts = [(i, p) for i, p in starts if i in made]
+                    ends = [(i, p) for i, p in ends if i in made]
                 if starts:
-                    self._db.executemany(_SESSION_START, starts)
+                    self._db.executemany(_SESSION_START, [p for _, p in starts])
                 if ends:
-                    self._db.executemany(_SESSION_END, ends)
+                    self._db.executemany(_SESSION_END, [p for _, p in ends])
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-        return len(texts)
+        return new
 
     def add(self, event: Event) -> int:
         return self.add_many([event.to_dict()])

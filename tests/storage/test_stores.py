@@ -230,3 +230,43 @@ def test_words_of_new_events_find_them_when_a_batch_mixes_in_stored_ones(tmp_pat
     later = Event(type="ssh.exec", user="dan", command="delta")
     assert store.add(later) == 1
     assert [e["id"] for e in store.search(EventQuery(q="delta")).items] == [later.id]
+
+
+def test_words_after_a_nul_character_in_a_value_are_found(tmp_path: Path) -> None:
+    """A NUL inside a value separates words like a blank: the words after it are
+    indexed as well, in a batch of new events and in one mixed with a stored event."""
+    store = SQLiteAuditStore(tmp_path / "a.db")
+    nul = Event(type="ssh.exec", user="ann", command="printf first\x00second")
+    plain = Event(type="ssh.exec", user="bob", command="echo third")
+    assert store.add_many([nul.to_dict(), plain.to_dict()]) == 2
+    later = Event(type="ssh.exec", user="cat", command="echo fourth\x00fifth")
+    assert store.add_many([plain.to_dict(), later.to_dict()]) == 1
+    for word, event in (("second", nul), ("third", plain), ("fifth", later)):
+        assert [e["id"] for e in store.search(EventQuery(q=word)).items] == [event.id]
+
+
+def test_a_batch_makes_the_same_rows_in_one_statement_as_row_by_row(tmp_path: Path) -> None:
+    """The batch insert reads its rows from JSON inside SQLite: escapes, quotes,
+    non-ASCII text, absent and empty fields come out exactly as bound one by one."""
+    import dataclasses
+
+    from auditcast.storage.sqlite import prepare_events
+
+    tricky = ['quote " and \\ back', "tab\tnew\nline\x1b[0m", "é ü ß 漢字 😀", "\u2028\u2029", ""]
+    docs = [
+        Event(type="ssh.exec", user=t or None, node=t, command=f"echo {t}",
+              identity={"user": f"sso {t}"} if i % 2 else None).to_dict()
+        for i, t in enumerate(tricky)
+    ]  # fmt: skip
+    texts = [orjson.dumps(d).decode() if i % 2 else None for i, d in enumerate(docs)]
+    batch = prepare_events(docs, texts)
+    assert batch.rows_json is not None
+    one, rowwise = SQLiteAuditStore(tmp_path / "one.db"), SQLiteAuditStore(tmp_path / "rows.db")
+    assert one.write(batch) == len(docs)
+    assert rowwise.write(dataclasses.replace(batch, rows_json=None, texts_json=None)) == len(docs)
+    query = "SELECT *, typeof(user), typeof(code) FROM events ORDER BY seq"
+    made = [tuple(r) for r in one._db.execute(query)]
+    assert made == [tuple(r) for r in rowwise._db.execute(query)]
+    assert [r[-1] for r in made] == ["text"] * len(docs)  # code filled, never NULL
+    for t in ("漢字", "ß", "back"):
+        assert len(one.search(EventQuery(q=t)).items) == 1
