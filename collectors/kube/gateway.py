@@ -672,19 +672,7 @@ class KubeGateway:
         finally:
             if live is not None:
                 self.live.discard(live)
-                end = {
-                    **base,
-                    "id": new_event_id(),
-                    "request_id": base["id"],
-                    "phase": "end",
-                    "long_running": True,
-                    "response_code": code,
-                    "latency_ms": round((time.monotonic() - t0) * 1000, 3),
-                    "bytes_out": sent,
-                }
-                if live.closed_by_lock:
-                    end["closed_by_lock"] = live.closed_by_lock
-                self._emit(end)
+                self._emit(_stream_end(base, t0, live, response_code=code, bytes_out=sent))
         assert resp is not None
         with contextlib.suppress(ConnectionError, RuntimeError):
             await resp.write_eof()
@@ -869,23 +857,16 @@ class KubeGateway:
             self.live.discard(live)
             conn.close()
             _hang_up(request)  # after what was written to it: a close frame, say
-            fields: dict[str, Any] = {
-                **base,
-                "id": new_event_id(),
-                "request_id": base["id"],
-                "phase": "end",
-                "long_running": True,
-                "response_code": 101,
-                "latency_ms": round((time.monotonic() - t0) * 1000, 3),
-                "bytes_in": relay.bytes_in,
-                "bytes_out": relay.bytes_out,
-            }
-            if tap.exit_code is not None:
-                fields["exit_code"] = tap.exit_code
-            if tap.error:
-                fields["error"] = tap.error
-            if live.closed_by_lock:
-                fields["closed_by_lock"] = live.closed_by_lock
+            fields = _stream_end(
+                base,
+                t0,
+                live,
+                response_code=101,
+                bytes_in=relay.bytes_in,
+                bytes_out=relay.bytes_out,
+                exit_code=tap.exit_code,
+                error=tap.error or None,
+            )
             if recorder is not None:
                 fields["session_id"] = recorder.session_id
                 end_fields = {"closed_by_lock": live.closed_by_lock} if live.closed_by_lock else {}
@@ -1040,22 +1021,18 @@ class KubeGateway:
             self.live.discard(live)
             conn.close()
             _hang_up(request)
-            end = {
-                **base,
-                "id": new_event_id(),
-                "request_id": base["id"],
-                "phase": "end",
-                "long_running": True,
-                "response_code": 101,
-                "protocol": upgrade,
-                "recorded": False,
-                "bytes_in": relay.bytes_in,
-                "bytes_out": relay.bytes_out,
-                "latency_ms": round((time.monotonic() - t0) * 1000, 3),
-            }
-            if live.closed_by_lock:
-                end["closed_by_lock"] = live.closed_by_lock
-            self._emit(end)
+            self._emit(
+                _stream_end(
+                    base,
+                    t0,
+                    live,
+                    response_code=101,
+                    protocol=upgrade,
+                    recorded=False,
+                    bytes_in=relay.bytes_in,
+                    bytes_out=relay.bytes_out,
+                )
+            )
         return resp
 
     async def _start_recording(
@@ -1114,6 +1091,23 @@ REASON_BY_CODE: Final = {
 
 def _locked_status(reason: str) -> bytes:
     return orjson.dumps(status_doc(403, "Forbidden", f"auditcast: {reason}"))
+
+
+def _stream_end(base: dict[str, Any], t0: float, live: LiveStream, **fields: Any) -> dict[str, Any]:
+    """The `kube.request` that ends a held-open request (`base` is its start's): with
+    its duration, and the lock that closed it if one did; None fields are left out."""
+    end = {
+        **base,
+        "id": new_event_id(),
+        "request_id": base["id"],
+        "phase": "end",
+        "long_running": True,
+        **{k: v for k, v in fields.items() if v is not None},
+        "latency_ms": round((time.monotonic() - t0) * 1000, 3),
+    }
+    if live.closed_by_lock:
+        end["closed_by_lock"] = live.closed_by_lock
+    return end
 
 
 async def _take_over(
