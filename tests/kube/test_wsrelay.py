@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
+from urllib.parse import quote
 
 import orjson
 import pytest
@@ -22,12 +25,17 @@ from auditcast.collectors.kube.wsframes import (
     OP_CONTINUATION,
     OP_PING,
     OP_PONG,
+    OP_TEXT,
     FrameScanner,
     accept_key,
     encode_frame,
     new_key,
 )
-from tests.kube.conftest import KubeEnv
+from auditcast.events import decode_frames
+from auditcast.settings import Settings
+from auditcast.topics import EVENTS_RAW, SESSION_FRAMES
+from tests.kube.conftest import KubeEnv, running_kube_env
+from tests.kube.test_exec_recording import deliver_recordings, read_topic, record_through_spool
 
 PATH = "/cluster/dev-cluster/api/v1/namespaces/dev/pods/web-0/exec"
 
@@ -213,3 +221,46 @@ def test_a_lock_during_a_flood_of_output_closes_between_whole_frames(
     assert status_frames and "access locked by" in status_frames[-1]["message"]
     assert "INC-7" in status_frames[-1]["message"]
     assert got[-1][0] == OP_CLOSE and int.from_bytes(got[-1][1][:2], "big") == 1008
+
+
+@pytest.mark.parametrize(
+    "protocol", ["v5.channel.k8s.io", "v4.channel.k8s.io", "v4.base64.channel.k8s.io"]
+)
+def test_every_channel_subprotocol_is_recorded_decoded(
+    tmp_path: Path, make_settings: Callable[..., Settings], protocol: str
+) -> None:
+    """The tap streams binary stdout/stderr into the recording piece by piece and reads
+    base64 (text) messages whole: either way the recording holds the decoded bytes,
+    and the exit code comes from the error channel."""
+    settings = make_settings()
+    big = 150_000  # more than one of the cluster's messages, cut across reads
+    script = f"head -c {big} /dev/zero | tr -c o o; printf err >&2; exit 4"
+    query = "command=sh&command=-c&command=" + quote(script) + "&stdout=true&stderr=true"
+    with running_kube_env(tmp_path) as env:
+        spool, recorders = record_through_spool(env, settings)
+
+        async def session() -> list[tuple[int, bytes]]:
+            status, _, ws = await open_ws(env, query, **{"Sec-WebSocket-Protocol": protocol})
+            assert status == 101
+            got = await ws.until(OP_CLOSE)
+            ws.send(encode_frame(OP_CLOSE, got[-1][1][:2], mask=True))
+            return got
+
+        got = asyncio.run(asyncio.wait_for(session(), 30))
+        assert {op for op, _ in got[:-1]} == ({OP_TEXT} if "base64" in protocol else {OP_BINARY})
+        deliver_recordings(env, spool, recorders)
+
+    events = [orjson.loads(v) for v in asyncio.run(read_topic(
+        settings, EVENTS_RAW, lambda got: any(b"session.end" in v for v in got)
+    ))]  # fmt: skip
+    end = next(e for e in events if e["type"] == "session.end")
+    assert end["exit_code"] == 4 and end["bytes_out"] == big + 3
+    raw = asyncio.run(read_topic(settings, SESSION_FRAMES, lambda got: any(
+        f.kind == "x" for v in got for f in decode_frames(v)
+    )))  # fmt: skip
+    frames = sorted((f for v in raw for f in decode_frames(v)), key=lambda f: f.seq)
+    output = b"".join(f.data for f in frames if f.kind == "o")
+    assert sorted([output.replace(b"err", b""), output.replace(b"o" * big, b"")]) == [
+        b"err",
+        b"o" * big,
+    ]
