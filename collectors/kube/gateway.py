@@ -1080,15 +1080,6 @@ def _passed_back(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
     return [(k, v) for k, v in headers if k.lower() not in _NOT_PASSED_BACK]
 
 
-REASON_BY_CODE: Final = {
-    400: "BadRequest",
-    401: "Unauthorized",
-    403: "Forbidden",
-    404: "NotFound",
-    500: "InternalError",
-}
-
-
 def _locked_status(reason: str) -> bytes:
     return orjson.dumps(status_doc(403, "Forbidden", f"auditcast: {reason}"))
 
