@@ -126,6 +126,10 @@ _INSERT_FTS_ALL: Final = (
 )
 # json_each and ->> end a text at an escaped NUL: a batch with one goes a row at a time.
 _JSON_NUL: Final = b"\\u0000"
+# The array is one SQL value, which SQLite refuses beyond SQLITE_MAX_LENGTH (1e9 bytes by
+# default); a poll is far smaller (16 MiB fetches), but an outsized one goes a row at a
+# time rather than fail on every retry.
+JSON_BATCH_MAX_BYTES: Final = 256 * 1024 * 1024
 # The rows an insert made, when some of its ids were stored before (their seq is skipped).
 _NEW_SEQS: Final = "SELECT seq FROM events WHERE seq > ?"
 # Fields that are identifiers or timestamps: unique tokens, useless for text search.
@@ -232,7 +236,7 @@ def prepare_events(
             elif t in ("session.end", "ssh.exec"):
                 ends.append((i, _session_params(d)))
     rows_json, texts_json = orjson.dumps(rows), orjson.dumps(texts)
-    if _JSON_NUL in rows_json or _JSON_NUL in texts_json:
+    if len(rows_json) > JSON_BATCH_MAX_BYTES or _JSON_NUL in rows_json or _JSON_NUL in texts_json:
         return EventBatch(rows, texts, None, None, starts, ends, len(docs))
     return EventBatch(rows, texts, rows_json, texts_json, starts, ends, len(docs))
 

@@ -270,3 +270,21 @@ def test_a_batch_makes_the_same_rows_in_one_statement_as_row_by_row(tmp_path: Pa
     assert [r[-1] for r in made] == ["text"] * len(docs)  # code filled, never NULL
     for t in ("漢字", "ß", "back"):
         assert len(one.search(EventQuery(q=t)).items) == 1
+
+
+def test_a_batch_beyond_the_json_size_limit_is_stored_row_by_row(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch whose JSON would exceed what SQLite takes as one value is written a row
+    at a time: all of it stored and searchable, none refused."""
+    from auditcast.storage import sqlite as audit_sqlite
+
+    monkeypatch.setattr(audit_sqlite, "JSON_BATCH_MAX_BYTES", 1000)
+    docs = [
+        Event(type="ssh.exec", user="ann", command=f"echo word{i}").to_dict() for i in range(20)
+    ]
+    batch = audit_sqlite.prepare_events(docs)
+    assert batch.rows_json is None
+    store = SQLiteAuditStore(tmp_path / "a.db")
+    assert store.write(batch) == 20
+    assert [e["id"] for e in store.search(EventQuery(q="word7")).items] == [docs[7]["id"]]
