@@ -220,6 +220,19 @@ class FrameScanner:
         return pos
 
 
+class StreamError(FrameError):
+    """A FrameError in a stream followed by `StreamScanner`: `offset` is where the refused
+    frame starts in the bytes fed (what comes before it ends at a frame boundary), None
+    when it began in an earlier read; `pieces` are those of the bytes before it."""
+
+    def __init__(
+        self, message: str, close_code: int, offset: int | None, pieces: list[Piece]
+    ) -> None:
+        super().__init__(message, close_code)
+        self.offset = offset
+        self.pieces = pieces
+
+
 @dataclass(frozen=True, slots=True)
 class Piece:
     """Bytes of one message as they arrived: a data message comes in pieces (`first`
@@ -270,10 +283,16 @@ class StreamScanner:
                     self._head = bytes(buf[at:]) if self._head else data[pos:]
                     break
                 b0, length, head_len = head
-                check_head(b0, buf[at + 1], length, masked=False, max_message=self.max_message)
+                try:
+                    check_head(b0, buf[at + 1], length, masked=False, max_message=self.max_message)
+                    self._start(b0, length)
+                except FrameError as e:
+                    # the bytes before this header end whole frames, unless the header
+                    # began in an earlier read (then those bytes have gone on)
+                    offset = None if self._head else pos
+                    raise StreamError(e.message, e.close_code, offset, pieces) from None
                 pos += head_len - len(self._head)
                 self._head = b""
-                self._start(b0, length)
             take = min(self._left, size - pos)
             chunk = view[pos : pos + take]
             pos += take

@@ -38,6 +38,7 @@ from auditcast.collectors.kube.wsframes import (
     FrameScanner,
     Message,
     Piece,
+    StreamError,
     StreamScanner,
     close_frame,
     encode_frame,
@@ -431,9 +432,22 @@ class WsRelay(ByteRelay):
         try:
             pieces = self.from_up.feed(data)
             self.bytes_out = self.from_up.data_bytes
-        except FrameError as e:
+        except StreamError as e:
+            # The cluster broke the protocol: what came before the refused frame goes on,
+            # then, if that ends at a frame boundary, our Status and close (1002); if not,
+            # no frame of ours can follow and kubectl just sees the connection close.
             self.tap.error = f"malformed frame from upstream: {e.message}"
-            self._end(self.tap.error, CLOSE_PROTOCOL_ERROR)
+            whole = not self.closing and e.offset is not None
+            if whole:
+                for p in e.pieces:
+                    self._tap(p)
+                self.to_client.write(data[: e.offset])
+            self.closing = True
+            with contextlib.suppress(Exception):
+                self.up.write(close_frame(CLOSE_PROTOCOL_ERROR, self.tap.error, mask=True))
+            if whole:
+                self._write_close(self.tap.error, CLOSE_PROTOCOL_ERROR, None)
+            self._finish()
             return
         if self.closing:  # a close of ours waits for the frame in progress to end
             if self._pending is not None:

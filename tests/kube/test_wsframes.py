@@ -17,6 +17,7 @@ from auditcast.collectors.kube.wsframes import (
     FrameError,
     FrameScanner,
     HandshakeError,
+    StreamError,
     StreamScanner,
     accept_key,
     check_client_handshake,
@@ -271,3 +272,19 @@ def test_the_servers_handshake_must_answer_our_key_and_offer() -> None:
     ]:
         with pytest.raises(HandshakeError, match=message):
             check_server_handshake({**ok, **bad}, key, offered)
+
+
+def test_a_refused_server_frame_says_where_it_starts_and_what_came_before() -> None:
+    good = encode_frame(OP_BINARY, b"\x01before", mask=False)
+    bad = encode_frame(OP_BINARY, b"\x01masked", mask=True)
+    scanner = StreamScanner(max_message=1024)
+    with pytest.raises(StreamError) as e:
+        scanner.feed(good + bad)
+    assert e.value.offset == len(good)  # forward this much: it ends a whole frame
+    assert [bytes(p.data) for p in e.value.pieces] == [b"\x01before"]
+    # a header cut by a read has partly gone on already: no boundary to stop at
+    scanner = StreamScanner(max_message=1024)
+    scanner.feed(good + bad[:1])
+    with pytest.raises(StreamError) as e:
+        scanner.feed(bad[1:])
+    assert e.value.offset is None and "server frame is masked" in e.value.message

@@ -19,6 +19,8 @@ import pytest
 
 from auditcast.access.lock_authority import LockAuthority
 from auditcast.access.lock_model import LockTargets, new_lock
+from auditcast.collectors.kube.gateway import KubeGateway
+from auditcast.collectors.kube.upstreams import UpstreamCluster
 from auditcast.collectors.kube.wsframes import (
     OP_BINARY,
     OP_CLOSE,
@@ -34,8 +36,14 @@ from auditcast.collectors.kube.wsframes import (
 from auditcast.events import decode_frames
 from auditcast.settings import Settings
 from auditcast.topics import EVENTS_RAW, SESSION_FRAMES
-from tests.kube.conftest import KubeEnv, running_kube_env
+from tests.kube.conftest import (
+    CollectingSink,
+    KubeEnv,
+    TokenMint,
+    running_kube_env,
+)
 from tests.kube.test_exec_recording import deliver_recordings, read_topic, record_through_spool
+from tests.kubeapi.pki import TestCA
 
 PATH = "/cluster/dev-cluster/api/v1/namespaces/dev/pods/web-0/exec"
 
@@ -69,14 +77,22 @@ class RawWs:
 
 
 async def open_ws(env: KubeEnv, query: str, **headers: str) -> tuple[int, bytes, RawWs]:
-    """Upgrade; (status, head and any body, the connection)."""
-    ctx = ssl.create_default_context(cafile=str(env.ca_path))
+    """Upgrade through the env's gateway as alice; (status, head and any body, the
+    connection)."""
+    token = env.mint.mint("alice")
+    return await open_ws_at(env.gateway.gateway.port, env.ca_path, token, query, **headers)
+
+
+async def open_ws_at(
+    port: int, ca: Path, token: str, query: str, **headers: str
+) -> tuple[int, bytes, RawWs]:
+    ctx = ssl.create_default_context(cafile=str(ca))
     ctx.check_hostname = False
-    reader, writer = await asyncio.open_connection("127.0.0.1", env.gateway.gateway.port, ssl=ctx)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx)
     key = new_key()
     fields = {
         "Host": "127.0.0.1",
-        "Authorization": f"Bearer {env.mint.mint('alice')}",
+        "Authorization": f"Bearer {token}",
         "Upgrade": "websocket",
         "Connection": "Upgrade",
         "Sec-WebSocket-Key": key,
@@ -264,3 +280,76 @@ def test_every_channel_subprotocol_is_recorded_decoded(
         b"err",
         b"o" * big,
     ]
+
+
+def test_a_cluster_that_breaks_the_websocket_protocol_ends_the_stream_with_the_reason(
+    tmp_path: Path,
+) -> None:
+    """Not the API-server double: a TLS server here that answers the exec upgrade
+    correctly (RFC 6455 handshake) and then sends a *masked* frame, which a server may
+    never send. The gateway passes nothing of it on, tells the cluster 1002, closes
+    kubectl's connection and records why."""
+    ca = TestCA.create("bad-cluster-ca")
+    ca_path, crt, key = ca.write(tmp_path / "bad-pki", "bad-cluster")
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(crt, key)
+    heard: list[bytes] = []
+
+    async def bad_cluster(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = (await reader.readuntil(b"\r\n\r\n")).decode()
+        key = next(
+            line.split(":", 1)[1].strip()
+            for line in head.split("\r\n")
+            if line.lower().startswith("sec-websocket-key:")
+        )
+        writer.write(
+            (
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Accept: {accept_key(key)}\r\n"
+                "Sec-WebSocket-Protocol: v5.channel.k8s.io\r\n\r\n"
+            ).encode()
+            + encode_frame(OP_BINARY, b"\x01fine", mask=False)
+            + encode_frame(OP_BINARY, b"\x01masked!", mask=True)
+        )
+        heard.append(await reader.read(1024))
+        writer.close()
+
+    mint = TokenMint(tmp_path / "access-home")
+    sink = CollectingSink()
+    gw_ca = TestCA.create("gw-ca")
+    gw_ca_path, gw_crt, gw_key = gw_ca.write(tmp_path / "gw-pki", "kube-gateway")
+    gw_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    gw_tls.load_cert_chain(gw_crt, gw_key)
+
+    async def scenario(port: int) -> list[tuple[int, bytes]]:
+        server = await asyncio.start_server(bad_cluster, "127.0.0.1", 0, ssl=server_tls)
+        cluster = UpstreamCluster(
+            "dev-cluster",
+            f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}",
+            ca=ca_path,
+            token="t",
+        )
+        gateway = KubeGateway({"dev-cluster": cluster}, mint.verify, sink)
+        await gateway.start("127.0.0.1", 0, gw_tls)
+        try:
+            status, _, ws = await open_ws_at(gateway.port, gw_ca_path, mint.mint("alice"), CAT)
+            assert status == 101
+            got = []
+            while (msg := await ws.next())[0] != -1:
+                got.append(msg)
+            return got
+        finally:
+            await gateway.stop()
+            server.close()
+
+    got = asyncio.run(asyncio.wait_for(scenario(0), 30))
+    # what came before the masked frame reached kubectl, then a Status and a close 1002
+    assert got[0] == (OP_BINARY, b"\x01fine"), got
+    assert "a server frame is masked" in orjson.loads(got[1][1][1:])["message"]
+    assert got[2][0] == OP_CLOSE and int.from_bytes(got[2][1][:2], "big") == 1002
+    assert len(got) == 3  # and nothing of the masked frame
+    assert heard and heard[0][:1] == b"\x88"  # a close frame went to the cluster...
+    _, messages = FrameScanner(masked=True, max_message=1024).feed(heard[0])
+    assert int.from_bytes(messages[0].payload[:2], "big") == 1002  # ...protocol error
+    ends = [e for e in sink.events if getattr(e, "phase", "") == "end"]
+    assert ends and "malformed frame from upstream: a server frame is masked" in ends[0].error  # type: ignore[attr-defined]
