@@ -8,7 +8,10 @@ no well-behaved client library sends can be sent: fragments, pings, unmasked fra
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import os
 import ssl
+import subprocess
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -353,3 +356,21 @@ def test_a_cluster_that_breaks_the_websocket_protocol_ends_the_stream_with_the_r
     assert int.from_bytes(messages[0].payload[:2], "big") == 1002  # ...protocol error
     ends = [e for e in sink.events if getattr(e, "phase", "") == "end"]
     assert ends and "malformed frame from upstream: a server frame is masked" in ends[0].error  # type: ignore[attr-defined]
+
+
+def test_kubectl_stdin_of_8_mb_reaches_the_pod_byte_for_byte(kube_env: KubeEnv) -> None:
+    """Real kubectl: its masked stdin frames are passed on as it wrote them (whole
+    frames, however the bytes are cut), and the pod sees exactly the input."""
+    env = kube_env.kubeconfig(kube_env.mint.mint("alice"))
+    data = os.urandom(8 * 1024 * 1024)
+    r = subprocess.run(
+        ["kubectl", "exec", "-i", "-n", "dev", "web-0", "--", "sh", "-c", "md5sum"],
+        input=data,
+        env=env,
+        capture_output=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split()[0].decode() == hashlib.md5(data).hexdigest()
+    ends = kube_env.sink.wait_for("kube.request", lambda e: getattr(e, "phase", "") == "end")
+    assert ends and ends[0].bytes_in >= len(data)  # type: ignore[attr-defined]
