@@ -20,6 +20,7 @@ import uuid
 from pathlib import Path
 from typing import IO, Final
 
+from auditcast import lifeline
 from auditcast.errors import BrokerUnavailable, ConfigError
 from auditcast.kafka import EMBEDDED_CLUSTER_PREFIX, ClusterInfo, cluster_info
 
@@ -58,10 +59,22 @@ def port_is_free(host: str, port: int) -> bool:
 class EmbeddedBroker:
     """One Tansu process. Not thread-safe; owned by the process that started it."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, log_path: Path | None = None):
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        log_path: Path | None = None,
+        *,
+        die_with_parent: bool = False,
+    ):
+        """`die_with_parent`: the kernel stops the broker when this process ends, even
+        killed outright (`auditcast.lifeline`). The broker is then started from the
+        calling thread, which must live as long as the broker (`auditcast up`'s main
+        thread); otherwise from a pool thread, so as not to hold up the event loop."""
         self.host = host
         self.port = port or free_port(host)
         self.log_path = log_path
+        self.die_with_parent = die_with_parent
         self.cluster_id = ""
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
@@ -92,7 +105,10 @@ class EmbeddedBroker:
             "--cluster-id",
             self.cluster_id,
         ]
-        await asyncio.to_thread(self._spawn, cmd)
+        if self.die_with_parent:
+            self._spawn(cmd)  # this thread's end would end the broker: not a pool thread
+        else:
+            await asyncio.to_thread(self._spawn, cmd)
         return await self.wait_ready()
 
     def _spawn(self, cmd: list[str]) -> None:
@@ -105,6 +121,7 @@ class EmbeddedBroker:
             stdout=self._log or subprocess.DEVNULL,
             stderr=subprocess.STDOUT if self._log else subprocess.DEVNULL,
             start_new_session=True,  # Ctrl-C goes to our supervisor, which stops us in order
+            preexec_fn=lifeline.die_with_parent() if self.die_with_parent else None,
         )
 
     async def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> ClusterInfo:

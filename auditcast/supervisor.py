@@ -32,6 +32,7 @@ from typing import IO, Any, Final
 
 import orjson
 
+from auditcast import lifeline
 from auditcast.broker import EmbeddedBroker
 from auditcast.errors import BrokerUnavailable, ConfigError
 from auditcast.kafka import ensure_topics
@@ -187,7 +188,9 @@ class Supervisor:
 
     async def _start_broker(self) -> None:
         s = self.settings
-        broker = EmbeddedBroker(s.bind_host, s.broker_port, log_path=s.log_dir / "broker.log")
+        broker = EmbeddedBroker(
+            s.bind_host, s.broker_port, log_path=s.log_dir / "broker.log", die_with_parent=True
+        )
         info = await broker.start()
         self.broker = broker
         self.bootstrap = broker.bootstrap
@@ -212,6 +215,8 @@ class Supervisor:
             stdout=child._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # own process group: we stop it, not the terminal
+            # stopped by the kernel if we are killed outright (spawned on the main thread)
+            preexec_fn=lifeline.die_with_parent(),
             env=self._child_env(),
         )
         child.started_at = time.monotonic()

@@ -50,6 +50,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import aiohttp
 
+from auditcast.lifeline import die_with_parent
+
 N_LATENCY = 300
 N_THROUGHPUT = 2000
 ROUNDS = 3
@@ -403,6 +405,7 @@ def _spawn(args: list[str]) -> tuple[subprocess.Popen[str], dict[str, Any]]:
         stdout=subprocess.PIPE,
         text=True,
         cwd=Path(__file__).resolve().parents[2],
+        preexec_fn=die_with_parent(),  # a bench stopped midway leaves no server behind
     )
     assert proc.stdout is not None
     line = proc.stdout.readline()
@@ -447,7 +450,7 @@ def main() -> None:
             chunk = os.urandom(1024 * 1024)
             for _ in range(EXEC_MB):
                 f.write(chunk)
-        broker = EmbeddedBroker(log_path=work / "tansu.log")
+        broker = EmbeddedBroker(log_path=work / "tansu.log", die_with_parent=True)
         asyncio.run(broker.start())
         settings = Settings(home=work / "home", kafka=broker.bootstrap)
         asyncio.run(ensure_topics(settings))

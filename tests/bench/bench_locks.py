@@ -125,7 +125,7 @@ def check_timing() -> dict[str, Any]:
 
 async def run() -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
-        broker = EmbeddedBroker(log_path=Path(tmp) / "tansu.log")
+        broker = EmbeddedBroker(log_path=Path(tmp) / "tansu.log", die_with_parent=True)
         await broker.start()
         try:
             settings = Settings(home=Path(tmp) / "home", kafka=broker.bootstrap)

@@ -51,6 +51,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from auditcast.broker import EmbeddedBroker
 from auditcast.events import Event, Frame, Source
 from auditcast.kafka import BatchSender, _admin, consumer_config, ensure_topics, producer_config
+from auditcast.lifeline import die_with_parent
 from auditcast.settings import Settings
 from auditcast.storage.recordings import RecordingStore, to_asciicast
 from auditcast.topics import EVENTS_AUDIT, EVENTS_RAW, IDENTITIES, topic
@@ -188,7 +189,14 @@ def rows(db: Path) -> int:
 def spawn(verb: str, env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
     cmd = os.environ.get(f"BENCH_{verb.upper()}_CMD", f"{AUDITCAST} {verb}").split()
     with open(log_path, "wb") as log:
-        return subprocess.Popen(cmd, env=env, stdout=log, stderr=log, start_new_session=True)
+        return subprocess.Popen(
+            cmd,
+            env=env,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+            preexec_fn=die_with_parent(),  # a bench stopped midway leaves no store behind
+        )
 
 
 def wait_ready(proc: subprocess.Popen[bytes], ready: Path, log_path: Path) -> None:
@@ -335,7 +343,7 @@ def leg_settings(root: Path, bootstrap: str, prefix: str) -> tuple[Settings, dic
 async def run(n: int) -> dict[str, Any]:
     msgs = make_events(n)
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
-        broker = EmbeddedBroker(log_path=Path(tmp) / "broker.log")
+        broker = EmbeddedBroker(log_path=Path(tmp) / "broker.log", die_with_parent=True)
         await broker.start()
         try:
             # each leg has its own topics and audit log

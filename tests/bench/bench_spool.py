@@ -99,7 +99,7 @@ def bench_recorder(home: Path, n: int) -> dict[str, float]:
 
 
 async def bench_delivery(home: Path, vals: list[bytes]) -> dict[str, Any]:
-    broker = EmbeddedBroker(log_path=home / "tansu.log")
+    broker = EmbeddedBroker(log_path=home / "tansu.log", die_with_parent=True)
     await broker.start()
     try:
         s = Settings(home=home, kafka=broker.bootstrap, topic_prefix="bench.")

@@ -248,7 +248,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        broker = EmbeddedBroker(log_path=work / "tansu.log")
+        broker = EmbeddedBroker(log_path=work / "tansu.log", die_with_parent=True)
         asyncio.run(broker.start())
         settings = Settings(home=work / "home", kafka=broker.bootstrap)
         asyncio.run(ensure_topics(settings))

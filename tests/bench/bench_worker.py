@@ -134,7 +134,7 @@ def start_worker(s: Settings, log: Path) -> subprocess.Popen[bytes]:
 
 async def run(n: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-worker-") as tmp:
-        broker = EmbeddedBroker(log_path=Path(tmp) / "tansu.log")
+        broker = EmbeddedBroker(log_path=Path(tmp) / "tansu.log", die_with_parent=True)
         await broker.start()
         proc = None
         try:

@@ -68,6 +68,32 @@ def test_up_on_a_fresh_home_starts_and_stops_on_sigint_leaving_nothing(tmp_path:
     assert not (home / "run" / "up.json").exists()
 
 
+@pytest.mark.slow
+def test_up_killed_outright_takes_its_children_with_it_and_the_home_starts_again(
+    tmp_path: Path,
+) -> None:
+    """SIGKILL runs none of `up`'s code: the kernel's parent-death signal stops the
+    broker and every service (each with its ordinary SIGTERM stop), instead of leaving
+    them holding the ports and the audit log; a new `up` on the same home then starts."""
+    home = tmp_path / "killed"
+    up = start_up(home)
+    try:
+        children = {r["name"]: r["pid"] for r in up.started["services"] if r["state"] == "ready"}
+        assert {"broker", "worker", "store"} <= set(children), children
+        up.proc.kill()
+        up.proc.wait()
+        # a worker's stop (Faust leaving its group) takes a few seconds
+        wait_for(lambda: processes_of_home(home) == [], 30, "every child of up gone")
+        again = start_up(home, AUDITCAST_BROKER_PORT=up.env["AUDITCAST_BROKER_PORT"])
+        code = stop_up(again)
+        assert code == 0, again.out_path.read_text()[-2000:]
+    finally:
+        if up.proc.poll() is None:
+            up.proc.kill()
+        left = kill_leftovers(home)
+    assert left == [], f"left running: {left}"
+
+
 def test_a_second_up_on_the_same_home_is_refused(up: Up) -> None:
     second = up.cli("up", timeout=30)
     assert second.returncode == 2

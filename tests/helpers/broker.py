@@ -12,7 +12,7 @@ from auditcast.settings import Settings
 
 
 def start_broker(log_path: Path | None = None) -> EmbeddedBroker:
-    broker = EmbeddedBroker(log_path=log_path)
+    broker = EmbeddedBroker(log_path=log_path, die_with_parent=True)
     asyncio.run(broker.start())
     return broker
 
