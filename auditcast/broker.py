@@ -56,6 +56,16 @@ def port_is_free(host: str, port: int) -> bool:
         return True
 
 
+async def listening(host: str, port: int) -> bool:
+    """Whether something accepts TCP connections on host:port."""
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 1.0)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    return True
+
+
 class EmbeddedBroker:
     """One Tansu process. Not thread-safe; owned by the process that started it."""
 
@@ -133,6 +143,12 @@ class EmbeddedBroker:
                     f"embedded broker exited with code {self.proc.returncode} during start"
                     + (f"; see {self.log_path}" if self.log_path else "")
                 )
+            # Not asked over Kafka before it listens: the Kafka client logs every refused
+            # connection as an ERROR, which read like a fault on every start.
+            if not await listening(self.host, self.port):
+                last = BrokerUnavailable(f"nothing listens on {self.bootstrap} yet")
+                await asyncio.sleep(0.05)
+                continue
             try:
                 return await cluster_info(self.bootstrap, timeout=2.0)
             except BrokerUnavailable as e:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 
 import pytest
@@ -24,6 +25,22 @@ from auditcast.topics import EVENTS_RAW, topic
 async def test_embedded_broker_reports_its_own_cluster_id(broker: EmbeddedBroker) -> None:
     info = await cluster_info(broker.bootstrap)
     assert info.cluster_id == broker.cluster_id and info.embedded
+
+
+async def test_embedded_broker_starts_without_a_connection_error_in_the_logs(
+    tmp_path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """It is asked over Kafka only once it listens: before, every start logged the
+    Kafka client's `Unable connect to ...` ERROR, which read like a fault."""
+    b = EmbeddedBroker(log_path=tmp_path / "tansu.log", die_with_parent=True)
+    with caplog.at_level(logging.DEBUG):
+        await b.start()
+    try:
+        assert b.running
+        errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        assert errors == []
+    finally:
+        b.stop()
 
 
 async def test_idempotence_is_off_on_tansu_and_on_for_real_kafka(broker: EmbeddedBroker) -> None:
