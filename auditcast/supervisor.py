@@ -21,7 +21,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -33,7 +32,7 @@ from typing import IO, Any, Final
 import orjson
 
 from auditcast import lifeline
-from auditcast.broker import EmbeddedBroker
+from auditcast.broker import EmbeddedBroker, port_open
 from auditcast.errors import BrokerUnavailable, ConfigError
 from auditcast.kafka import ensure_topics
 from auditcast.settings import Settings
@@ -112,12 +111,6 @@ def auditcast_command() -> list[str]:
     if found:
         return [found]
     return [sys.executable, "-c", "from auditcast.cli import main; main()"]
-
-
-def port_open(host: str, port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.2)
-        return sock.connect_ex((host, port)) == 0
 
 
 @dataclass
