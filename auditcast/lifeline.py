@@ -14,26 +14,47 @@ pool thread that may exit first (the child would be stopped with it).
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import signal
 import sys
 from collections.abc import Callable
-from typing import Final
+from typing import Any, Final
 
 PR_SET_PDEATHSIG: Final = 1  # <linux/prctl.h>
+
+
+@functools.cache
+def _prctl() -> Any:
+    """libc's prctl, or None where there is none (not Linux)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+def set_parent_death_signal(sig: int) -> bool:
+    """Have the kernel send this process `sig` when its parent ends; False where it
+    cannot (then nothing is set)."""
+    prctl = _prctl()
+    if prctl is None:
+        return False
+    prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0)
+    return True
 
 
 def die_with_parent(sig: signal.Signals = signal.SIGTERM) -> Callable[[], None] | None:
     """A `preexec_fn` for `subprocess.Popen` that has the kernel send the child `sig`
     when this process ends; None where the kernel has no such thing (not Linux)."""
-    if not sys.platform.startswith("linux"):
+    if _prctl() is None:  # resolved here, in the parent, not in the fork
         return None
-    prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved here, not in the fork
     parent = os.getpid()
     number = int(sig)
 
     def preexec() -> None:
-        prctl(PR_SET_PDEATHSIG, number, 0, 0, 0)
+        set_parent_death_signal(number)
         if os.getppid() != parent:  # the parent died before the line above took effect
             os.kill(os.getpid(), number)
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
 import signal
 import sys
@@ -41,10 +40,10 @@ from auditcast.collectors.spool import (
     _Segment,
 )
 from auditcast.collectors.spool_process import REPORT_MAX_BYTES
+from auditcast.lifeline import set_parent_death_signal
 from auditcast.logs import setup_logging
 from auditcast.settings import Settings
 
-_PR_SET_PDEATHSIG = 1
 # CFS gives a nice-10 process ~1/10 of a core a nice-0 one also wants (weights 110 and
 # 1024), never none.
 # bench_recorder (100 MB through `auditcast rec`, 2 cores, load 4-5, same hour): rec at
@@ -165,9 +164,7 @@ def _lower_priority() -> None:
 
 
 def _die_with_parent() -> None:
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    set_parent_death_signal(signal.SIGKILL)
     if os.getppid() == 1:  # the parent died before prctl
         os._exit(0)
 
