@@ -1,8 +1,9 @@
 """`auditcast bench`: run the benchmarks in tests/bench and report ratios against baselines.
 
 Each `tests/bench/bench_<area>.py` has a `main()` that measures auditcast against a
-baseline in the same run and prints one JSON object. Benchmarks run one at a time, in
-their own process (so one's threads or brokers never skew another's figures).
+baseline in the same run and prints one JSON object (on one line or indented), whose
+`summary` rows (`tests/bench/__init__.py`) are shown as a table. Benchmarks run one at a
+time, in their own process (so one's threads or brokers never skew another's figures).
 """
 
 from __future__ import annotations
@@ -12,14 +13,59 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
 from rich.progress import Progress
+from rich.table import Table
 
 from auditcast.cli._util import json_option, print_json
 
 BENCH_TIMEOUT_S = 30 * 60
+
+
+def last_json_object(text: str) -> dict[str, Any] | None:
+    """The last JSON object in a benchmark's output, printed on one line or indented over
+    many (what comes before it, log lines say, is skipped); None if there is none."""
+    lines = text.splitlines()
+    decoder = json.JSONDecoder()
+    for i in range(len(lines) - 1, -1, -1):
+        if not lines[i].startswith("{"):  # an object's first line (indented ones nest)
+            continue
+        try:  # the object from here; whatever follows it is not read
+            doc, _ = decoder.raw_decode("\n".join(lines[i:]))
+        except ValueError:
+            continue
+        if isinstance(doc, dict):
+            return doc
+    return None
+
+
+def summary_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
+    """(benchmark, figure, value, target, verdict) for each headline row of each result,
+    or one row saying why a benchmark gave none."""
+    out = []
+    for name, res in results.items():
+        if "error" in res:
+            out.append((name, "failed", res["error"], "", "error"))
+            continue
+        rows = res.get("summary") or []
+        if not rows:
+            out.append((name, "(no summary: see --json)", "", "", ""))
+        for r in rows:
+            value, unit = r.get("value"), r.get("unit")
+            shown = "-" if value is None else _number(value) + (f" {unit}" if unit else "")
+            verdict = {True: "met", False: "MISSED", None: ""}[r.get("met")]
+            out.append((name, r["figure"], shown, r.get("target") or "", verdict))
+    return out
+
+
+def _number(value: float) -> str:
+    """27,501 / 312 / 21.9 / 0.239: whole numbers from 100 up, else 3 significant digits."""
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    return f"{value:.3g}"
 
 
 def bench_dir() -> Path:
@@ -49,7 +95,7 @@ def bench(names: tuple[str, ...], out: Path | None, as_json: bool) -> None:
         if not files:
             raise click.ClickException(f"no benchmark named {', '.join(names)} in {d}")
     root = d.parent.parent
-    results: dict[str, object] = {}
+    results: dict[str, Any] = {}
     console = Console(stderr=True)
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("benchmarks", total=len(files))
@@ -70,22 +116,25 @@ def bench(names: tuple[str, ...], out: Path | None, as_json: bool) -> None:
                 results[name] = {"error": f"timed out after {BENCH_TIMEOUT_S}s"}
                 progress.advance(task)
                 continue
-            lines = [ln for ln in proc.stdout.splitlines() if ln.strip().startswith("{")]
-            if proc.returncode != 0 or not lines:
+            doc = last_json_object(proc.stdout) if proc.returncode == 0 else None
+            if doc is None:
                 tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
-                results[name] = {"error": f"exit {proc.returncode}", "tail": tail}
+                what = f"exit {proc.returncode}" if proc.returncode else "printed no JSON object"
+                results[name] = {"error": what, "tail": tail}
             else:
-                try:
-                    results[name] = json.loads(lines[-1])
-                except ValueError:
-                    results[name] = {"error": "last line was not JSON", "tail": lines[-1:]}
+                results[name] = doc
             console.log(f"{name}: done in {time.monotonic() - t0:.1f}s")
             progress.advance(task)
     if out:
         out.write_text(json.dumps(results, indent=2))
     if as_json:
         print_json(results)
-        return
-    for name, res in results.items():
-        console.print(f"[bold]{name}[/bold]")
-        console.print_json(json.dumps(res))
+    else:
+        table = Table("benchmark", "figure", "this run", "target", "result")
+        for row in summary_rows(results):
+            table.add_row(*row)
+        Console().print(table)
+        console.print("every figure and its baseline: --json, or --out FILE")
+    failed = [name for name, res in results.items() if "error" in res]
+    if failed:
+        raise click.ClickException(f"benchmark(s) failed: {', '.join(failed)}")

@@ -51,6 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import aiohttp
 
 from auditcast.lifeline import die_with_parent
+from tests.bench import target as headline
 
 N_LATENCY = 300
 N_THROUGHPUT = 2000
@@ -399,6 +400,25 @@ async def measure(
     return results
 
 
+def summary(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The headline rows of whichever parts ran (see --only-*)."""
+    rows = []
+    parts = [(name, results.get(name, {})) for name in ("gateway", "gateway_recorded")]
+    if "h2" in results:  # curl over h2, as kubectl speaks to the gateway
+        parts.append(("gateway_h2", results["h2"]["gateway_h2"]))
+    for name, g in parts:
+        label = name.replace("_", " ")
+        rows += [
+            headline(f"{label}: GET added p50", g.get("added_latency_p50_ms"), "<", 1, "ms"),
+            headline(f"{label}: GET added p99", g.get("added_latency_p99_ms"), "<", 3, "ms"),
+            headline(f"{label}: GET/s at c{CONCURRENCY} / direct", g.get("rps_ratio"), ">=", 0.5),
+            headline(f"{label}: exec stdout / direct", g.get("exec_throughput_ratio"), ">=", 0.7),
+        ]
+    lock = results.get("lock_created_to_exec_closed", {})
+    rows.append(headline("lock created to exec closed: p99", lock.get("p99_ms"), "<", 250, "ms"))
+    return [r for r in rows if r["value"] is not None]
+
+
 def _spawn(args: list[str]) -> tuple[subprocess.Popen[str], dict[str, Any]]:
     proc = subprocess.Popen(
         [sys.executable, *args],
@@ -495,6 +515,7 @@ def main() -> None:
     }
     if only_h2:
         results["targets"] = {"h2.gateway_h2.added_latency_p50_ms": "< 1 (as HTTP/1.1)"}
+    results["summary"] = summary(results)
     print(json.dumps({"bench": "kube", **results}, indent=2))
 
 

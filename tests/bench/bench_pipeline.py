@@ -55,6 +55,7 @@ from auditcast.lifeline import die_with_parent
 from auditcast.settings import Settings
 from auditcast.storage.recordings import RecordingStore, to_asciicast
 from auditcast.topics import EVENTS_AUDIT, EVENTS_RAW, IDENTITIES, topic
+from tests.bench import figure, target
 
 DEFAULT_N = 200_000
 AUDITCAST = str(Path(sys.executable).with_name("auditcast"))
@@ -381,6 +382,12 @@ async def run(n: int) -> dict[str, Any]:
         "cpu_us_per_event": {leg: m.per_event_us(n) for leg, m in cpu.items()},
         "recording": rec,
         "loadavg": os.getloadavg(),
+        "summary": [
+            target("pipeline: producer to SQLite row", pipeline_rate, ">=", 20_000, "ev/s"),
+            target("pipeline / raw aiokafka", pipeline_rate / raw_rate, ">=", 0.3),
+            figure("store only / raw aiokafka", store_rate / raw_rate),
+            target("recording on disk / asciicast", rec["ratio"], "<=", 0.15),
+        ],
     }
 
 

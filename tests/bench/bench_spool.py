@@ -33,6 +33,7 @@ from auditcast.events import Event
 from auditcast.kafka import ensure_topics, producer_config
 from auditcast.settings import Settings
 from auditcast.topics import EVENTS_RAW, topic
+from tests.bench import figure
 
 DEFAULT_N = 20_000
 
@@ -141,6 +142,10 @@ def main(n: int = DEFAULT_N) -> dict[str, Any]:
         result["recorder"] = bench_recorder(home / "r", n)
         result["delivery"] = asyncio.run(bench_delivery(home / "d", vals))
         result["loadavg"] = os.getloadavg()[0]
+        result["summary"] = [
+            figure("spool append / bare os.write (µs)", result["append"]["append_vs_raw_write"]),
+            figure("delivery / raw producer (records/s)", result["delivery"]["spool_vs_raw"]),
+        ]
     print(json.dumps(result))
     return result
 

@@ -34,6 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import asyncssh
 
+from tests.bench import figure, target
+
 N_ECHO = 400
 BULK_MB = 200
 N_SETUP = 20
@@ -229,6 +231,13 @@ async def measure(settings: Any, gw_port: int, node_port: int, work: Path, known
     }
     lk = await lock_latency(settings, gw_port, work, known, ca)
     out["lock_to_notice"] = {**percentiles(lk), "trials": len(lk), "target": "p99 < 250 ms"}
+    out["summary"] = [
+        target("keystroke echo: added p50", out["echo_rtt"]["added_p50_ms"], "<", 1, "ms"),
+        figure("keystroke echo: added p99", out["echo_rtt"]["added_p99_ms"], "ms"),
+        target("bulk output / direct", out["bulk_output"]["ratio"], ">=", 0.6),
+        target("session setup / direct", out["session_setup"]["ratio"], "<=", 1.5),
+        target("lock to notice: p99", out["lock_to_notice"]["p99_ms"], "<", 250, "ms"),
+    ]
     return out
 
 

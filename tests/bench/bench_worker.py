@@ -38,6 +38,7 @@ from auditcast.events import Event, Source
 from auditcast.kafka import consumer_config, ensure_topics, producer_config
 from auditcast.settings import Settings
 from auditcast.topics import EVENTS_AUDIT, EVENTS_RAW, IDENTITIES, topic
+from tests.bench import figure
 
 DEFAULT_N = 30_000
 AUDITCAST = str(Path(sys.executable).with_name("auditcast"))
@@ -183,6 +184,7 @@ async def run(n: int) -> dict[str, Any]:
         "ratio_worker_vs_raw": round(worker_rate / raw_rate, 3),
         "raw_seconds": round(raw_s, 2),
         "worker_seconds": round(worker_s, 2),
+        "summary": [figure("worker / raw aiokafka (events/s)", worker_rate / raw_rate)],
     }
 
 
