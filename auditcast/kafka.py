@@ -18,6 +18,7 @@ from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from auditcast.errors import BrokerUnavailable, TopicMissing
 from auditcast.events import MAX_FRAME_BATCH_BYTES
+from auditcast.lifeline import pid_alive
 from auditcast.settings import Settings
 from auditcast.topics import TOPICS, topic
 
@@ -49,11 +50,20 @@ def resolve_bootstrap(settings: Settings) -> str:
         return settings.kafka
     try:
         info = json.loads(settings.broker_file.read_text())
-        return str(info["bootstrap"])
+        bootstrap = str(info["bootstrap"])
     except (OSError, ValueError, KeyError):
         raise BrokerUnavailable(
             f"no Kafka broker configured and none running under {settings.home_dir}"
         ) from None
+    pid = info.get("pid")
+    if isinstance(pid, int) and not pid_alive(pid):
+        # left behind by an `auditcast up` that was killed outright: say so, rather
+        # than have every client time out connecting to an address nobody serves
+        raise BrokerUnavailable(
+            f"the embedded broker {settings.broker_file} names (pid {pid}) is gone: "
+            "`auditcast up` was stopped without cleaning up"
+        )
+    return bootstrap
 
 
 async def _admin(bootstrap: str, timeout: float) -> AIOKafkaAdminClient:

@@ -19,6 +19,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Final
 
 PR_SET_PDEATHSIG: Final = 1  # <linux/prctl.h>
@@ -59,3 +60,20 @@ def die_with_parent(sig: signal.Signals = signal.SIGTERM) -> Callable[[], None] 
             os.kill(os.getpid(), number)
 
     return preexec
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid runs (ours to signal or not). A zombie does not:
+    it has exited, and waits only for a parent to reap it, which never comes where the
+    container's pid 1 is no init."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:  # it ended just now, or there is no /proc to ask (not Linux)
+        return not Path("/proc").is_dir()
+    return stat.rpartition(")")[2].split()[0] != "Z"

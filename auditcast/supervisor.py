@@ -35,6 +35,7 @@ from auditcast import lifeline
 from auditcast.broker import EmbeddedBroker, port_open
 from auditcast.errors import BrokerUnavailable, ConfigError
 from auditcast.kafka import ensure_topics
+from auditcast.lifeline import pid_alive
 from auditcast.settings import Settings
 
 log = logging.getLogger("auditcast.up")
@@ -172,7 +173,7 @@ class Supervisor:
         """One `auditcast up` per AUDITCAST_HOME: a second would fight over broker.json."""
         with contextlib.suppress(FileNotFoundError, ValueError):
             other = int(self._pid_file.read_text())
-            if other != os.getpid() and _pid_alive(other):
+            if other != os.getpid() and pid_alive(other):
                 raise ConfigError(
                     f"auditcast up is already running for {self.settings.home_dir} (pid {other})",
                     hint="stop it first, or set AUDITCAST_HOME to another directory",
@@ -430,16 +431,6 @@ class Supervisor:
         tmp = self._status_file.with_suffix(".tmp")
         tmp.write_bytes(orjson.dumps(self.status(), option=orjson.OPT_INDENT_2))
         tmp.replace(self._status_file)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _stop_child(child: Child, grace: float) -> None:

@@ -84,6 +84,10 @@ def test_up_killed_outright_takes_its_children_with_it_and_the_home_starts_again
         up.proc.wait()
         # a worker's stop (Faust leaving its group) takes a few seconds
         wait_for(lambda: processes_of_home(home) == [], 30, "every child of up gone")
+        # the broker.json it left names a broker that is gone: clients say so at once
+        topics = up.cli("topics", "create", timeout=30)
+        assert topics.returncode != 0
+        assert b"is gone" in topics.stderr and b"auditcast up" in topics.stderr, topics.stderr
         again = start_up(home, AUDITCAST_BROKER_PORT=up.env["AUDITCAST_BROKER_PORT"])
         code = stop_up(again)
         assert code == 0, again.out_path.read_text()[-2000:]
