@@ -154,6 +154,14 @@ class LiveStream:
     opened: float = field(default_factory=time.monotonic)
     closed_by_lock: str = ""
     closed_at: float = 0.0
+    # why we ended it ourselves (a lock, the gateway's stop): its handler then finishes
+    # quietly instead of ending with the cancellation `close` caused
+    ended_by_us: str = ""
+
+    async def end(self, reason: str) -> None:
+        """Close it from our side, for `reason`."""
+        self.ended_by_us = self.ended_by_us or reason
+        await self.close(reason)
 
 
 @dataclass
@@ -274,7 +282,7 @@ class KubeGateway:
             self._remove_listener()
         for s in list(self.live):
             with contextlib.suppress(Exception):
-                await s.close("the gateway is shutting down")
+                await s.end("the gateway is shutting down")
         if self._runner:
             await self._runner.cleanup()
         for session in self._sessions.values():
@@ -301,7 +309,7 @@ class KubeGateway:
                 message = f"access locked by {lock.name}" + (
                     f": {lock.message}" if getattr(lock, "message", "") else ""
                 )
-                task = asyncio.ensure_future(s.close(message))
+                task = asyncio.ensure_future(s.end(message))
                 task.add_done_callback(functools.partial(self._closed, s, seen))
 
     def _closed(self, s: LiveStream, seen: float, _task: object = None) -> None:
@@ -663,9 +671,9 @@ class KubeGateway:
                     await resp.write(chunk)
                     sent += len(chunk)
         except asyncio.CancelledError:
-            if live is None or not live.closed_by_lock:
+            if live is None or not live.ended_by_us:
                 raise
-            # closed by a lock: finish the response so the client sees the stream end
+            # ended by us (a lock, our stop): finish the response so the client sees the end
         except (aiohttp.ClientError, ConnectionError) as e:
             if resp is None:
                 return self._bad_gateway(base, cluster, str(e))
@@ -837,10 +845,8 @@ class KubeGateway:
         tap = ChannelTap(codec, recorder)
         relay = WsRelay(client, to_client, conn, tap, WS_MAX_MSG)
         pump_task = asyncio.current_task()
-        stop_reason: list[str] = []
 
         async def close(reason: str) -> None:
-            stop_reason.append(reason)
             relay.close_for(reason, _locked_status(reason))
             await relay.ended(CLOSE_TIMEOUT)  # kubectl answers the close, or is dropped
             if pump_task is not None:
@@ -851,7 +857,7 @@ class KubeGateway:
         try:
             await relay.run()
         except asyncio.CancelledError:
-            if not stop_reason:
+            if not live.ended_by_us:
                 raise
         finally:
             self.live.discard(live)
@@ -1015,7 +1021,7 @@ class KubeGateway:
         try:
             await relay.run()
         except asyncio.CancelledError:
-            if not live.closed_by_lock:
+            if not live.ended_by_us:
                 raise
         finally:
             self.live.discard(live)

@@ -431,6 +431,62 @@ async def test_a_cookie_set_for_one_user_never_rides_on_another_users_request(
     assert seen_cookies == [None, None]
 
 
+async def test_a_gateway_that_stops_finishes_a_live_watch_and_records_its_end(
+    tmp_path: Path,
+) -> None:
+    """Stopping the gateway ends held-open streams from our side: a watch's answer is
+    finished (the client reads the end of the stream, not a broken connection, as for a
+    lock) and its end event is emitted. The upstream is a small TLS server that streams
+    one watch event and then holds the watch open (a test double for the API server)."""
+    ca = TestCA.create("watch-stop-ca")
+    ca_path, crt, key = ca.write(tmp_path / "up-pki", "upstream")
+
+    async def watch(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await resp.prepare(request)
+        await resp.write(b'{"type":"ADDED","object":{"kind":"Pod"}}\n')
+        await asyncio.sleep(3600)  # a watch stays open until someone ends it
+        return resp
+
+    app = web.Application()
+    app.router.add_route("GET", "/{tail:.*}", watch)
+    up_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    up_tls.load_cert_chain(crt, key)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=up_tls).start()
+    up_port = runner.addresses[0][1]
+
+    mint = TokenMint(tmp_path / "access-home")
+    gw_ca = TestCA.create("watch-stop-gw-ca")
+    gw_ca_path, gw_crt, gw_key = gw_ca.write(tmp_path / "gw-pki", "kube-gateway")
+    gw_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    gw_tls.load_cert_chain(gw_crt, gw_key)
+    sink = CollectingSink()
+    cluster = UpstreamCluster("dev-cluster", f"https://localhost:{up_port}", ca=ca_path)
+    gw = KubeGateway({"dev-cluster": cluster}, mint.verify, sink)
+    await gw.start("127.0.0.1", 0, gw_tls)
+    url = f"https://127.0.0.1:{gw.port}/cluster/dev-cluster/api/v1/namespaces/dev/pods?watch=1"
+    stopped = False
+    try:
+        async with aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=ssl.create_default_context(cafile=gw_ca_path))
+        ) as s:
+            headers = {"Authorization": f"Bearer {mint.mint('alice')}"}
+            async with s.get(url, headers=headers) as r:
+                assert r.status == 200
+                assert b"ADDED" in await r.content.readline()
+                await gw.stop()
+                stopped = True
+                assert await asyncio.wait_for(r.content.read(), 10) == b""  # a clean end
+    finally:
+        if not stopped:
+            await gw.stop()
+        await runner.cleanup()
+    watch = [e for e in sink.of_type("kube.request") if getattr(e, "verb", "") == "watch"]
+    assert sorted(e.phase for e in watch) == ["end", "start"]  # type: ignore[attr-defined]
+
+
 @pytest.mark.parametrize("prefix", ["/cluster/dev-cluster", "/cluster/dev%2Dcluster"])
 def test_the_query_and_path_reach_the_upstream_as_sent(kube_env: KubeEnv, prefix: str) -> None:
     """Label selectors carry `=`, `!` and `,` (percent-encoded by kubectl); the upstream
