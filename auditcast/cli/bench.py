@@ -133,7 +133,8 @@ def bench(names: tuple[str, ...], out: Path | None, as_json: bool) -> None:
         table = Table("benchmark", "figure", "this run", "target", "result")
         for row in summary_rows(results):
             table.add_row(*row)
-        Console().print(table)
+        # piped (a CI log, a file): wide enough that figure names do not wrap
+        Console(width=None if sys.stdout.isatty() else 140).print(table)
         console.print("every figure and its baseline: --json, or --out FILE")
     failed = [name for name, res in results.items() if "error" in res]
     if failed:
