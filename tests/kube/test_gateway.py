@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 import subprocess
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs
 
@@ -374,6 +377,60 @@ def test_attach_is_proxied_and_recorded_as_a_stream(kube_env: KubeEnv) -> None:
     )
 
 
+@dataclass
+class _Standalone:
+    """A gateway of its own in front of a small TLS server (`_standalone`)."""
+
+    gw: KubeGateway
+    mint: TokenMint
+    sink: CollectingSink
+    client_tls: ssl.SSLContext
+    stopped: bool = False
+
+    def url(self, path: str) -> str:
+        return f"https://127.0.0.1:{self.gw.port}/cluster/dev-cluster{path}"
+
+    async def stop(self) -> None:
+        self.stopped = True
+        await self.gw.stop()
+
+
+@contextlib.asynccontextmanager
+async def _standalone(
+    tmp_path: Path, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> AsyncIterator[_Standalone]:
+    """`handler` answers every request as the cluster `dev-cluster`, over TLS and by
+    host name, behind a gateway of its own; the gateway is stopped afterwards unless
+    the test did."""
+    up_ca_path, crt, key = TestCA.create("standalone-up-ca").write(tmp_path / "up-pki", "up")
+    app = web.Application()
+    app.router.add_route("GET", "/{tail:.*}", handler)
+    up_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    up_tls.load_cert_chain(crt, key)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=up_tls).start()
+    gw_ca_path, gw_crt, gw_key = TestCA.create("standalone-gw-ca").write(
+        tmp_path / "gw-pki", "kube-gateway"
+    )
+    gw_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    gw_tls.load_cert_chain(gw_crt, gw_key)
+    sink = CollectingSink()
+    cluster = UpstreamCluster(
+        "dev-cluster", f"https://localhost:{runner.addresses[0][1]}", ca=up_ca_path
+    )
+    mint = TokenMint(tmp_path / "access-home")
+    gw = KubeGateway({"dev-cluster": cluster}, mint.verify, sink)
+    env = _Standalone(gw, mint, sink, ssl.create_default_context(cafile=gw_ca_path))
+    await gw.start("127.0.0.1", 0, gw_tls)
+    try:
+        yield env
+    finally:
+        if not env.stopped:
+            await gw.stop()
+        await runner.cleanup()
+
+
 async def test_a_cookie_set_for_one_user_never_rides_on_another_users_request(
     tmp_path: Path,
 ) -> None:
@@ -382,8 +439,6 @@ async def test_a_cookie_set_for_one_user_never_rides_on_another_users_request(
     connection pool serves every user). alice's kubectl still gets the Set-Cookie.
     The upstream here is a small TLS app server (a test double for the app behind
     `services/NAME/proxy`), reached by host name so that a cookie jar would keep it."""
-    ca = TestCA.create("cookie-app-ca")
-    ca_path, crt, key = ca.write(tmp_path / "app-pki", "app")
     seen_cookies: list[str | None] = []
 
     async def app_handler(request: web.Request) -> web.Response:
@@ -392,42 +447,19 @@ async def test_a_cookie_set_for_one_user_never_rides_on_another_users_request(
         resp.set_cookie("app-session", f"secret-of-{request.headers.get('Impersonate-User')}")
         return resp
 
-    app = web.Application()
-    app.router.add_route("GET", "/{tail:.*}", app_handler)
-    app_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    app_tls.load_cert_chain(crt, key)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=app_tls)
-    await site.start()
-    app_port = runner.addresses[0][1]
-
-    mint = TokenMint(tmp_path / "access-home")
-    gw_ca = TestCA.create("cookie-gw-ca")
-    gw_ca_path, gw_crt, gw_key = gw_ca.write(tmp_path / "gw-pki", "kube-gateway")
-    gw_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    gw_tls.load_cert_chain(gw_crt, gw_key)
-    cluster = UpstreamCluster("dev-cluster", f"https://localhost:{app_port}", ca=ca_path)
-    gw = KubeGateway({"dev-cluster": cluster}, mint.verify, CollectingSink())
-    await gw.start("127.0.0.1", 0, gw_tls)
-    path = "/api/v1/namespaces/dev/services/web:80/proxy/"
-    url = f"https://127.0.0.1:{gw.port}/cluster/dev-cluster{path}"
-    client_tls = ssl.create_default_context(cafile=gw_ca_path)
-    try:
+    async with _standalone(tmp_path, app_handler) as env:
+        url = env.url("/api/v1/namespaces/dev/services/web:80/proxy/")
         for user in ("alice", "bob"):
             # a fresh client per user, like two people's kubectl: no jar of their own
             async with aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(ssl=client_tls),
+                connector=aiohttp.TCPConnector(ssl=env.client_tls),
                 cookie_jar=aiohttp.DummyCookieJar(),
             ) as s:
-                headers = {"Authorization": f"Bearer {mint.mint(user)}"}
+                headers = {"Authorization": f"Bearer {env.mint.mint(user)}"}
                 async with s.get(url, headers=headers) as r:
                     assert r.status == 200
                     assert (await r.json())["user"] == user
                     assert f"app-session=secret-of-{user}" in r.headers["Set-Cookie"]
-    finally:
-        await gw.stop()
-        await runner.cleanup()
     assert seen_cookies == [None, None]
 
 
@@ -438,8 +470,6 @@ async def test_a_gateway_that_stops_finishes_a_live_watch_and_records_its_end(
     finished (the client reads the end of the stream, not a broken connection, as for a
     lock) and its end event is emitted. The upstream is a small TLS server that streams
     one watch event and then holds the watch open (a test double for the API server)."""
-    ca = TestCA.create("watch-stop-ca")
-    ca_path, crt, key = ca.write(tmp_path / "up-pki", "upstream")
 
     async def watch(request: web.Request) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "application/json"})
@@ -448,43 +478,19 @@ async def test_a_gateway_that_stops_finishes_a_live_watch_and_records_its_end(
         await asyncio.sleep(3600)  # a watch stays open until someone ends it
         return resp
 
-    app = web.Application()
-    app.router.add_route("GET", "/{tail:.*}", watch)
-    up_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    up_tls.load_cert_chain(crt, key)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=up_tls).start()
-    up_port = runner.addresses[0][1]
-
-    mint = TokenMint(tmp_path / "access-home")
-    gw_ca = TestCA.create("watch-stop-gw-ca")
-    gw_ca_path, gw_crt, gw_key = gw_ca.write(tmp_path / "gw-pki", "kube-gateway")
-    gw_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    gw_tls.load_cert_chain(gw_crt, gw_key)
-    sink = CollectingSink()
-    cluster = UpstreamCluster("dev-cluster", f"https://localhost:{up_port}", ca=ca_path)
-    gw = KubeGateway({"dev-cluster": cluster}, mint.verify, sink)
-    await gw.start("127.0.0.1", 0, gw_tls)
-    url = f"https://127.0.0.1:{gw.port}/cluster/dev-cluster/api/v1/namespaces/dev/pods?watch=1"
-    stopped = False
-    try:
-        async with aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(ssl=ssl.create_default_context(cafile=gw_ca_path))
-        ) as s:
-            headers = {"Authorization": f"Bearer {mint.mint('alice')}"}
+    async with _standalone(tmp_path, watch) as env:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=env.client_tls)) as s:
+            headers = {"Authorization": f"Bearer {env.mint.mint('alice')}"}
+            url = env.url("/api/v1/namespaces/dev/pods?watch=1")
             async with s.get(url, headers=headers) as r:
                 assert r.status == 200
                 assert b"ADDED" in await r.content.readline()
-                await gw.stop()
-                stopped = True
+                await env.stop()
                 assert await asyncio.wait_for(r.content.read(), 10) == b""  # a clean end
-    finally:
-        if not stopped:
-            await gw.stop()
-        await runner.cleanup()
-    watch = [e for e in sink.of_type("kube.request") if getattr(e, "verb", "") == "watch"]
-    assert sorted(e.phase for e in watch) == ["end", "start"]  # type: ignore[attr-defined]
+    watch_events = [
+        e for e in env.sink.of_type("kube.request") if getattr(e, "verb", "") == "watch"
+    ]
+    assert sorted(e.phase for e in watch_events) == ["end", "start"]  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize("prefix", ["/cluster/dev-cluster", "/cluster/dev%2Dcluster"])
