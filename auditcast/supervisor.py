@@ -35,7 +35,6 @@ from auditcast import lifeline
 from auditcast.broker import EmbeddedBroker, port_open
 from auditcast.errors import BrokerUnavailable, ConfigError
 from auditcast.kafka import ensure_topics
-from auditcast.lifeline import pid_alive
 from auditcast.settings import Settings
 
 log = logging.getLogger("auditcast.up")
@@ -173,7 +172,7 @@ class Supervisor:
         """One `auditcast up` per AUDITCAST_HOME: a second would fight over broker.json."""
         with contextlib.suppress(FileNotFoundError, ValueError):
             other = int(self._pid_file.read_text())
-            if other != os.getpid() and pid_alive(other):
+            if other != os.getpid() and lifeline.pid_alive(other):
                 raise ConfigError(
                     f"auditcast up is already running for {self.settings.home_dir} (pid {other})",
                     hint="stop it first, or set AUDITCAST_HOME to another directory",
