@@ -148,7 +148,13 @@ def producer_config(settings: Settings, bootstrap: str, idempotent: bool) -> dic
         "max_batch_size": 256 * 1024,
         "max_request_size": MAX_REQUEST_BYTES,
         "request_timeout_ms": 15_000,
+        "compression_type": compression_type(settings),
     }
+
+
+def compression_type(settings: Settings) -> str | None:
+    """The settings' batch compression as aiokafka and Faust name it (None: none)."""
+    return None if settings.kafka_compression == "none" else settings.kafka_compression
 
 
 async def start_producer(settings: Settings, bootstrap: str | None = None) -> AIOKafkaProducer:

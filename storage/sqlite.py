@@ -23,6 +23,11 @@ from auditcast.events import Event, format_time
 from auditcast.storage.base import EventQuery, Page
 
 SCHEMA: Final = """
+-- 32 KiB pages (set before the first table; a file made before keeps its own): a poll's
+-- transaction writes ~2 MB to the WAL and the checkpoint copies it again, so 4 KiB pages
+-- meant ~1 pwrite per event. Measured with 5,000-event transactions: 5.2 -> 2.6 µs of
+-- system time per event, 13.3 -> 10.7 µs per event for the whole write.
+PRAGMA page_size=32768;
 PRAGMA journal_mode=WAL;
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY,

@@ -39,7 +39,7 @@ from auditcast.events import (
     decode_frames,
     plain_envelope,
 )
-from auditcast.kafka import MAX_REQUEST_BYTES, BatchSender, start_producer
+from auditcast.kafka import MAX_REQUEST_BYTES, BatchSender, compression_type, start_producer
 from auditcast.settings import Settings
 from auditcast.streams import sessions
 from auditcast.streams.attribution import (
@@ -151,6 +151,7 @@ class StreamsApp:
             # events (measured ~1,200 events/s); these match auditcast.kafka's producers.
             producer_max_batch_size=PRODUCER_BATCH_BYTES,
             producer_linger=PRODUCER_LINGER_S,
+            producer_compression_type=compression_type(settings),
             consumer_max_fetch_size=4 * 1024 * 1024,
             processing_guarantee="at_least_once",
             topic_partitions=settings.partitions,
