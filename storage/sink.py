@@ -35,7 +35,7 @@ from auditcast.kafka import (
 )
 from auditcast.settings import Settings
 from auditcast.storage.recordings import RecordingStore
-from auditcast.storage.sqlite import EventBatch, SQLiteAuditStore, prepare_events
+from auditcast.storage.sqlite import EventBatch, EventBatchBuilder, SQLiteAuditStore
 from auditcast.topics import DEAD_LETTER, EVENTS_AUDIT, SESSION_FRAMES, topic
 
 log = logging.getLogger(__name__)
@@ -226,19 +226,17 @@ class StoreSink:
     async def _parse_events(
         self, records: list[ConsumerRecord[bytes, bytes]], dead: DeadLetters
     ) -> EventBatch | None:
-        docs: list[dict[str, Any]] = []
-        texts: list[str | None] = []
+        # rows and search texts are made here, on the loop, which waits for the writer
+        # anyway: its thread is left with SQLite's work, mostly run without the GIL
+        batch = EventBatchBuilder()
         for r in records:
             try:
                 doc, text = parse_event_record_text(r.value)
             except MalformedMessage as e:
                 await dead.send(r, e.message)
                 continue
-            docs.append(doc)
-            texts.append(text)
-        # rows and search texts are made here, on the loop, which waits for the writer
-        # anyway: its thread is left with SQLite's work, mostly run without the GIL
-        return prepare_events(docs, texts) if docs else None
+            batch.add(doc, text)
+        return batch.build() if len(batch) else None
 
     def _write_events(self, batch: EventBatch) -> None:
         new = self.audit.write(batch)

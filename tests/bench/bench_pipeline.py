@@ -176,11 +176,16 @@ class CpuMeter:
         return out
 
 
-def rows(db: Path) -> int:
+def rows(db: Path, *, exact: bool = True) -> int:
+    """Rows in the audit log; `exact=False` reads the highest row number instead, which
+    costs ~0.25 ms instead of a count's ~4 ms per 100,000 rows, so polling for it 20
+    times a second takes no CPU from the store it measures. With no duplicate in the
+    bench, both agree (a duplicate leaves a gap in the numbers, never a second row)."""
+    sql = "SELECT count(*) FROM events" if exact else "SELECT coalesce(max(seq), 0) FROM events"
     try:
         con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
         try:
-            return int(con.execute("SELECT count(*) FROM events").fetchone()[0])
+            return int(con.execute(sql).fetchone()[0])
         finally:
             con.close()
     except sqlite3.Error:
@@ -223,13 +228,15 @@ async def rows_leg(
     cpu.start()
     t0 = time.perf_counter()
     prod = asyncio.create_task(produce(s, produce_to, msgs))
-    while rows(s.db_path) < len(msgs):
+    while rows(s.db_path, exact=False) < len(msgs):
         await asyncio.sleep(0.05)
         if time.perf_counter() - t0 > 600:
             raise RuntimeError(f"only {rows(s.db_path)} rows after 600 s")
     elapsed = time.perf_counter() - t0
     await prod
     cpu.stop()
+    if (stored := rows(s.db_path)) != len(msgs):
+        raise RuntimeError(f"{stored} rows for {len(msgs)} events")
     return elapsed
 
 
