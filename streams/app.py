@@ -110,11 +110,18 @@ class WorkerStats:
         }
 
 
-# A record of `events.raw` as read: (record, model, JSON object, None) the dict's way
-# (`decode_event_json`), or (record, None, None, envelope fields) by `plain_envelope`.
-_Decoded = tuple[
-    ConsumerRecord[bytes, bytes], Event | None, dict[str, Any] | None, PlainEnvelope | None
-]
+def _decode(
+    value: bytes | None,
+) -> tuple[Event | None, dict[str, Any] | None, PlainEnvelope | None]:
+    """A record of `events.raw` as read: (None, None, envelope fields) by `plain_envelope`,
+    or (model, JSON object, None) the dict's way (`decode_event_json`); session events
+    always go the dict's way. Raises MalformedMessage."""
+    if value is None:
+        raise MalformedMessage("empty record (null value)")
+    env = plain_envelope(value)
+    if env is not None and not (env.session_id and env.type in SESSION_TYPES):
+        return None, None, env
+    return (*decode_event_json(value), None)
 
 
 def _credential_id(
@@ -301,30 +308,24 @@ class StreamsApp:
         # Most records are read by msgspec into their envelope fields only and extended
         # as text (`plain_envelope`, `plain_record`). The rest go the dict's way: the model
         # is built only where it is used (session events, alerts) or where the JSON needs
-        # pydantic's verdict; otherwise the JSON is checked and read as it is.
-        decoded: list[_Decoded] = []
+        # pydantic's verdict; otherwise the JSON is checked and read as it is. Each record
+        # is read and written out in one step, while it is still in the CPU's cache.
         self.stats.consumed[source] += len(batch)
+        get_identity = self.identities.get
+        caught_up = False
+        changed: dict[bytes, int] = {}
         for msg in batch:
             try:
-                if msg.value is None:
-                    raise MalformedMessage("empty record (null value)")
-                env = plain_envelope(msg.value)
-                if env is not None and not (env.session_id and env.type in SESSION_TYPES):
-                    decoded.append((msg, None, None, env))
-                    continue
-                decoded.append((msg, *decode_event_json(msg.value), None))
+                event, doc, env = _decode(msg.value)
             except MalformedMessage as e:
                 pending.append(await self._dead_letter(source, msg, e.message))
-        get_identity = self.identities.get
-        if any(
-            (cred := _credential_id(e, d, env)) and get_identity(cred) is None
-            for _, e, d, env in decoded
-        ):
-            # A credential is usually issued moments before its first use: let the view
-            # catch up once per batch before calling anything unknown.
-            await self.identities.catch_up()
-        changed: dict[bytes, int] = {}
-        for msg, event, doc, env in decoded:
+                continue
+            if not caught_up and (cred := _credential_id(event, doc, env)):
+                if get_identity(cred) is None:
+                    # A credential is usually issued moments before its first use: let
+                    # the view catch up (once per batch) before calling it unknown.
+                    await self.identities.catch_up()
+                    caught_up = True
             value = self._plain_value(env, msg.value) if env is not None else None
             unattributed = False
             if value is None:
