@@ -143,7 +143,7 @@ async def _consume(settings: Settings, route: Route, stats: SinkStats) -> None:
 
     Offsets of a poll are committed only after its write returned (SQLite committed,
     recording files fsynced); at most one write is in flight while the next poll is
-    parsed."""
+    parsed, and while the one before it is committed."""
     loop = asyncio.get_running_loop()
     while True:
         consumer = producer = None
@@ -172,18 +172,20 @@ async def _consume(settings: Settings, route: Route, stats: SinkStats) -> None:
                 batches = await consumer.getmany(timeout_ms=0 if pending else POLL_MS)
                 records = [r for recs in batches.values() for r in recs]
                 batch = await route.parse(records, dead) if records else None
+                written = None
                 if pending is not None:
                     await pending
-                    pending = None
-                    await consumer.commit(offsets)
+                    pending, written = None, offsets
                 if records:
                     offsets = batch_offsets(batches)
                     if batch:
                         # handed to the thread now: a task (to_thread) would start it only
                         # when the loop next waits, often after the next poll's parse
                         pending = loop.run_in_executor(None, route.write, batch)
-                    else:  # all malformed: dead-lettered, nothing to write
-                        await consumer.commit(offsets)
+                if written is not None:  # the last write is durable: commit it while
+                    await consumer.commit(written)  # the thread writes the next one
+                if records and not batch:  # all malformed: dead-lettered, nothing to write
+                    await consumer.commit(offsets)
         except asyncio.CancelledError:
             raise
         except Exception as e:  # broker gone or restarted: start over, dedupe absorbs replays
