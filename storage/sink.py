@@ -42,8 +42,10 @@ log = logging.getLogger(__name__)
 
 EVENTS_GROUP: Final = "auditcast-store-events"
 FRAMES_GROUP: Final = "auditcast-store-frames"
-# One poll is one transaction: big enough to amortise the commit, bounded for memory.
+# One poll: big enough to amortise the commit, bounded for memory. A write is one poll,
+# or several read while the last write ran, up to MAX_WRITE_RECORDS.
 MAX_POLL_RECORDS: Final = 5000
+MAX_WRITE_RECORDS: Final = 20_000
 RETRY_S: Final = 2.0
 # How long an idle poll waits; short enough that stop and readiness feel immediate.
 POLL_MS: Final = 500
@@ -128,12 +130,15 @@ class DeadLetters:
 @dataclass
 class Route:
     """How one topic is stored: `parse` checks records on the event loop (dead-lettering
-    the malformed ones) and returns the batch to write; `write` makes it durable and
-    runs in a thread, so parsing the next poll overlaps the SQLite/file write."""
+    the malformed ones) and adds them to the next write's batch (a new one when given
+    None), which `seal` finishes (None if nothing is left to write); `write` makes it
+    durable and runs in a thread, so parsing the next polls overlaps the SQLite/file
+    write."""
 
     topic: str
     group: str
-    parse: Callable[[list[ConsumerRecord[bytes, bytes]], DeadLetters], Awaitable[Any]]
+    parse: Callable[[list[ConsumerRecord[bytes, bytes]], DeadLetters, Any], Awaitable[Any]]
+    seal: Callable[[Any], Any]
     write: Callable[[Any], None]
     on_ready: Callable[[], None]
 
@@ -142,8 +147,12 @@ async def _consume(settings: Settings, route: Route, stats: SinkStats) -> None:
     """One consumer loop that survives the broker going away (and coming back empty).
 
     Offsets of a poll are committed only after its write returned (SQLite committed,
-    recording files fsynced); at most one write is in flight while the next poll is
-    parsed, and while the one before it is committed."""
+    recording files fsynced). At most one write is in flight; while it runs, the polls
+    that come in are parsed into the next one (up to MAX_WRITE_RECORDS), and the one
+    before it is committed. Under a backlog the writes grow: a 20,000-event transaction
+    cost the SQLite thread ~10 % less per event than four of 5,000 (fewer commits,
+    fewer full-text segments to merge); when the store keeps up, each poll is written
+    as soon as it is parsed."""
     loop = asyncio.get_running_loop()
     while True:
         consumer = producer = None
@@ -159,7 +168,11 @@ async def _consume(settings: Settings, route: Route, stats: SinkStats) -> None:
             )
             dead = DeadLetters(settings, producer, stats)
             route.on_ready()
-            offsets: dict[TopicPartition, int] = {}
+            offsets: dict[TopicPartition, int] = {}  # of the write in flight
+            # parsed, not yet handed to the writer: the batch, its offsets, its records
+            parsed: Any = None
+            parsed_offsets: dict[TopicPartition, int] = {}
+            parsed_records = 0
             while True:
                 if time.monotonic() - checked >= CLUSTER_CHECK_S:
                     # The embedded broker forgets everything when it restarts: positions
@@ -169,23 +182,35 @@ async def _consume(settings: Settings, route: Route, stats: SinkStats) -> None:
                     if now_id != cluster:
                         raise BrokerUnavailable(f"broker changed ({cluster} -> {now_id})")
                     checked = time.monotonic()
-                batches = await consumer.getmany(timeout_ms=0 if pending else POLL_MS)
+                busy = pending is not None or parsed_offsets
+                batches = await consumer.getmany(timeout_ms=0 if busy else POLL_MS)
                 records = [r for recs in batches.values() for r in recs]
-                batch = await route.parse(records, dead) if records else None
+                if records:
+                    parsed = await route.parse(records, dead, parsed)
+                    parsed_offsets.update(batch_offsets(batches))
+                    parsed_records += len(records)
+                    if pending is not None and not pending.done():
+                        if parsed_records < MAX_WRITE_RECORDS:
+                            continue  # the writer is busy: read on into the next write
                 written = None
                 if pending is not None:
                     await pending
                     pending, written = None, offsets
-                if records:
-                    offsets = batch_offsets(batches)
-                    if batch:
+                unwritten = None  # offsets of polls that left nothing to write
+                if parsed_offsets:
+                    batch = route.seal(parsed)
+                    if batch is not None:
+                        offsets = parsed_offsets
                         # handed to the thread now: a task (to_thread) would start it only
                         # when the loop next waits, often after the next poll's parse
                         pending = loop.run_in_executor(None, route.write, batch)
+                    else:  # all malformed: dead-lettered, nothing to write
+                        unwritten = parsed_offsets
+                    parsed, parsed_offsets, parsed_records = None, {}, 0
                 if written is not None:  # the last write is durable: commit it while
                     await consumer.commit(written)  # the thread writes the next one
-                if records and not batch:  # all malformed: dead-lettered, nothing to write
-                    await consumer.commit(offsets)
+                if unwritten is not None:
+                    await consumer.commit(unwritten)
         except asyncio.CancelledError:
             raise
         except Exception as e:  # broker gone or restarted: start over, dedupe absorbs replays
@@ -226,11 +251,14 @@ class StoreSink:
         self._ready: set[str] = set()
 
     async def _parse_events(
-        self, records: list[ConsumerRecord[bytes, bytes]], dead: DeadLetters
-    ) -> EventBatch | None:
+        self,
+        records: list[ConsumerRecord[bytes, bytes]],
+        dead: DeadLetters,
+        batch: EventBatchBuilder | None,
+    ) -> EventBatchBuilder:
         # rows and search texts are made here, on the loop, which waits for the writer
         # anyway: its thread is left with SQLite's work, mostly run without the GIL
-        batch = EventBatchBuilder()
+        batch = batch or EventBatchBuilder()
         for r in records:
             try:
                 doc, text = parse_event_record_text(r.value)
@@ -238,6 +266,10 @@ class StoreSink:
                 await dead.send(r, e.message)
                 continue
             batch.add(doc, text)
+        return batch
+
+    @staticmethod
+    def _seal_events(batch: EventBatchBuilder) -> EventBatch | None:
         return batch.build() if len(batch) else None
 
     def _write_events(self, batch: EventBatch) -> None:
@@ -246,9 +278,12 @@ class StoreSink:
         self.stats.duplicate_events += batch.given - new
 
     async def _parse_frames(
-        self, records: list[ConsumerRecord[bytes, bytes]], dead: DeadLetters
+        self,
+        records: list[ConsumerRecord[bytes, bytes]],
+        dead: DeadLetters,
+        frames: list[Frame] | None,
     ) -> list[Frame]:
-        frames: list[Frame] = []
+        frames = frames if frames is not None else []
         for r in records:
             try:
                 if r.value is None:
@@ -277,9 +312,11 @@ class StoreSink:
         try:
             await asyncio.gather(
                 _consume(self.settings, Route(EVENTS_AUDIT, EVENTS_GROUP, self._parse_events,
-                         self._write_events, lambda: self._mark_ready("events")), self.stats),
+                         self._seal_events, self._write_events,
+                         lambda: self._mark_ready("events")), self.stats),
                 _consume(self.settings, Route(SESSION_FRAMES, FRAMES_GROUP, self._parse_frames,
-                         self._write_frames, lambda: self._mark_ready("frames")), self.stats),
+                         lambda frames: frames or None, self._write_frames,
+                         lambda: self._mark_ready("frames")), self.stats),
             )  # fmt: skip
         finally:
             (self.settings.run_dir / "store.ready").unlink(missing_ok=True)

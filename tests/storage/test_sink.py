@@ -13,11 +13,12 @@ from pathlib import Path
 import msgpack
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from auditcast.events import Event, Frame, encode_frames
 from auditcast.kafka import consumer_config, start_producer
 from auditcast.settings import Settings
+from auditcast.storage.sink import EVENTS_GROUP, MAX_WRITE_RECORDS
 from auditcast.storage.sqlite import SQLiteAuditStore
 from auditcast.topics import DEAD_LETTER, EVENTS_AUDIT, SESSION_FRAMES, topic
 
@@ -132,6 +133,46 @@ def test_malformed_records_are_dead_lettered_and_the_store_keeps_going(store_pro
     assert any(b"exceeds" in h["error"] for h in headers)
     assert rows(s) == 1  # nothing malformed became a row
     assert proc.poll() is None  # still running
+
+
+async def committed(s: Settings, group: str, name: str) -> int | None:
+    """The offset `group` committed on partition 0 of `name` (None: nothing yet)."""
+    c = AIOKafkaConsumer(**consumer_config(s.kafka or "", group))
+    await c.start()
+    try:
+        return await c.committed(TopicPartition(topic(s, name), 0))
+    finally:
+        await c.stop()
+
+
+async def flood(s: Settings, values: list[bytes]) -> None:
+    """Produce without waiting for each acknowledgement, so a backlog builds up."""
+    p = await start_producer(s)
+    try:
+        acks = [await p.send(topic(s, EVENTS_AUDIT), v, key=b"k") for v in values]
+        await asyncio.gather(*acks)
+    finally:
+        await p.stop()
+
+
+def test_a_backlog_is_stored_once_and_committed_to_its_end(store_proc) -> None:
+    """More events than one write takes, produced faster than the store writes, with
+    malformed records among them: while a write runs, the next polls are parsed into
+    the next write; every good event is one row, every bad one a dead letter, and the
+    group's offset ends at the log's end (a restart would re-read nothing)."""
+    s, proc = store_proc
+    n = MAX_WRITE_RECORDS + 7_000
+    values = [Event(type="user.login", user=f"u{i % 97}").to_json() for i in range(n)]
+    bad = [b"\x00not json", b"[1, 2, 3]", orjson.dumps({"id": "x", "type": "no.such"})]
+    for i, b in enumerate(bad):  # one early, one in the middle, one near the end
+        values.insert((i + 1) * n // 4, b)
+    asyncio.run(flood(s, values))
+    assert wait_for(lambda: rows(s) == n, 120), f"{rows(s)} rows of {n}"
+    assert len(asyncio.run(dead_letters(s, len(bad)))) == len(bad)
+    assert wait_for(lambda: asyncio.run(committed(s, EVENTS_GROUP, EVENTS_AUDIT)) == len(values))
+    time.sleep(1.0)
+    assert rows(s) == n
+    assert proc.poll() is None
 
 
 def test_unknown_session_is_a_clear_error(make_settings, cli_env) -> None:
