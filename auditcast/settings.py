@@ -42,7 +42,7 @@ class Settings(BaseSettings):
     # How producers compress their record batches. Envelopes (JSON) and terminal output
     # compress ~10-20x; with zstd the embedded broker spends a quarter of the CPU per
     # event it spent on plain batches (measured by tests/bench/bench_pipeline.py), for
-    # ~0.3 µs of the producer's per event. Consumers read every kind without settings.
+    # ~0.4 µs of the producer's per event. Consumers read every kind without settings.
     kafka_compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "zstd"
     topic_prefix: str = "auditcast."
     # events.raw and session.frames must share a partition count: session assembly

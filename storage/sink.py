@@ -46,6 +46,8 @@ FRAMES_GROUP: Final = "auditcast-store-frames"
 # or several read while the last write ran, up to MAX_WRITE_RECORDS.
 MAX_POLL_RECORDS: Final = 5000
 MAX_WRITE_RECORDS: Final = 20_000
+# ... and up to this many bytes of records: a frame batch can be 1 MiB on its own.
+MAX_WRITE_BYTES: Final = 64 * 1024 * 1024
 RETRY_S: Final = 2.0
 # How long an idle poll waits; short enough that stop and readiness feel immediate.
 POLL_MS: Final = 500
@@ -148,8 +150,9 @@ async def _consume(settings: Settings, route: Route, stats: SinkStats) -> None:
 
     Offsets of a poll are committed only after its write returned (SQLite committed,
     recording files fsynced). At most one write is in flight; while it runs, the polls
-    that come in are parsed into the next one (up to MAX_WRITE_RECORDS), and the one
-    before it is committed. Under a backlog the writes grow: a 20,000-event transaction
+    that come in are parsed into the next one (up to MAX_WRITE_RECORDS and
+    MAX_WRITE_BYTES), and the one before it is committed. Under a backlog the writes
+    grow: a 20,000-event transaction
     cost the SQLite thread ~10 % less per event than four of 5,000 (fewer commits,
     fewer full-text segments to merge); when the store keeps up, each poll is written
     as soon as it is parsed."""
@@ -169,10 +172,10 @@ async def _consume(settings: Settings, route: Route, stats: SinkStats) -> None:
             dead = DeadLetters(settings, producer, stats)
             route.on_ready()
             offsets: dict[TopicPartition, int] = {}  # of the write in flight
-            # parsed, not yet handed to the writer: the batch, its offsets, its records
+            # parsed, not yet handed to the writer: the batch, its offsets, its size
             parsed: Any = None
             parsed_offsets: dict[TopicPartition, int] = {}
-            parsed_records = 0
+            parsed_records = parsed_bytes = 0
             while True:
                 if time.monotonic() - checked >= CLUSTER_CHECK_S:
                     # The embedded broker forgets everything when it restarts: positions
@@ -182,15 +185,15 @@ async def _consume(settings: Settings, route: Route, stats: SinkStats) -> None:
                     if now_id != cluster:
                         raise BrokerUnavailable(f"broker changed ({cluster} -> {now_id})")
                     checked = time.monotonic()
-                busy = pending is not None or parsed_offsets
-                batches = await consumer.getmany(timeout_ms=0 if busy else POLL_MS)
+                batches = await consumer.getmany(timeout_ms=0 if pending else POLL_MS)
                 records = [r for recs in batches.values() for r in recs]
                 if records:
                     parsed = await route.parse(records, dead, parsed)
                     parsed_offsets.update(batch_offsets(batches))
                     parsed_records += len(records)
+                    parsed_bytes += sum(len(r.value) for r in records if r.value)
                     if pending is not None and not pending.done():
-                        if parsed_records < MAX_WRITE_RECORDS:
+                        if parsed_records < MAX_WRITE_RECORDS and parsed_bytes < MAX_WRITE_BYTES:
                             continue  # the writer is busy: read on into the next write
                 written = None
                 if pending is not None:
@@ -206,7 +209,7 @@ async def _consume(settings: Settings, route: Route, stats: SinkStats) -> None:
                         pending = loop.run_in_executor(None, route.write, batch)
                     else:  # all malformed: dead-lettered, nothing to write
                         unwritten = parsed_offsets
-                    parsed, parsed_offsets, parsed_records = None, {}, 0
+                    parsed, parsed_offsets, parsed_records, parsed_bytes = None, {}, 0, 0
                 if written is not None:  # the last write is durable: commit it while
                     await consumer.commit(written)  # the thread writes the next one
                 if unwritten is not None:
